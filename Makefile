@@ -1,0 +1,42 @@
+# The two commands: `make demo` (set up, then run the main job on the embedded synthetic dataset) and
+# `make test` (set up, then run the test suite). Both create .venv when missing and reinstall only when
+# pyproject.toml changed, so a second run spends seconds on setup.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sam3lite-installed
+# torch 2.14.1 / torchvision 0.29.1 install from local disk here; a GPU host may override, e.g.
+#   make test TORCH_SPEC="torch==2.11.0 torchvision==0.26.0"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= pipeline,serve,dev,vendor
+DEMO_DIR ?= .sam3lite-demo
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all demo parity bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything, slow tests included (several GiB of memory, minutes of CPU).
+test-all: setup
+	$(BIN)/python -m pytest -m '' $(PYTEST_ARGS)
+
+demo: setup
+	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m sam3lite_core.demo
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache build dist *.egg-info
