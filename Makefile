@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sam3lite-installed
 # torch 2.14.1 / torchvision 0.29.1 install from local disk here; a GPU host may override, e.g.
 #   make test TORCH_SPEC="torch==2.11.0 torchvision==0.26.0"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= pipeline,serve,dev,vendor
+EXTRAS ?= pipeline,serve,dev,vendor,bench
 DEMO_DIR ?= .sam3lite-demo
 PYTEST_ARGS ?=
 

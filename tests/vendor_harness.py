@@ -93,3 +93,11 @@ def build_vendor_image_model(eval_mode: bool = True, **kwargs: Any) -> torch.nn.
         enable_segmentation=False,
         **kwargs,
     )
+
+
+def vendor_class(module: str, name: str) -> type:
+    """A vendor class by module path, e.g. `vendor_class("sam3.model.vitdet", "ViT")`, with patches applied.
+
+    Vendor classes take their sizes as constructor arguments, so parity tests build them at small dims."""
+    import_vendor()
+    return getattr(importlib.import_module(module), name)
