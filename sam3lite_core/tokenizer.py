@@ -125,11 +125,12 @@ class Tokenizer:
             texts = [texts]
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (SOT and EOT), got {context_length}")
-        out = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for row, text in enumerate(texts):
+        rows = []
+        for text in texts:
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
             if len(ids) > context_length:
                 ids = ids[:context_length]
                 ids[-1] = self.eot_token_id
-            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+            rows.append(ids + [0] * (context_length - len(ids)))
+        # One tensor construction for the whole batch: per-row tensors dominate the cost on cached strings.
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
