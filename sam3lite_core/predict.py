@@ -1,0 +1,126 @@
+"""One image, several prompts -> every query's box and score, as upstream `PostProcessImage` reports them.
+
+Preprocessing is upstream `Sam3Processor`'s: uint8, straight resize (no aspect preservation) to the model
+resolution, then scaled to [0, 1] and normalised with mean = std = 0.5. Because the resize ignores the
+aspect ratio, normalised box coordinates mean the same thing in the input image and in the model input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from sam3lite_core.batch import Batch
+from sam3lite_core.box_ops import box_xyxy_to_cxcywh
+from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
+from sam3lite_core.model.sam3lite import Sam3Lite
+
+ImageLike = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
+# A prompt is a text, or {"text": str, "boxes": [[x0, y0, x1, y1], ...] in pixels, "labels": [1 | 0, ...]}.
+PromptLike = Union[str, Mapping[str, Any]]
+_PROMPT_KEYS = {"text", "boxes", "labels"}
+
+
+def preprocess_image(image: ImageLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """PIL image, uint8 [H, W, 3] (or [H, W]) array, or [3, H, W] tensor (uint8, or float in [0, 1])
+    -> (model input float [3, size, size] in [-1, 1], original (height, width))."""
+    if isinstance(image, PIL.Image.Image):
+        pixels = TF.pil_to_tensor(image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise ValueError(
+                f"a numpy image must be uint8 [H, W, 3] (RGB) or [H, W] (grey); got {image.dtype} {image.shape}"
+            )
+        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        pixels = pixels.expand(3, *pixels.shape) if image.ndim == 2 else pixels.permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"a tensor image must be [3, H, W] (channels first, RGB); got shape {tuple(image.shape)}")
+        pixels = image
+    else:
+        raise ValueError(f"image must be a PIL image, a numpy array or a tensor; got {type(image).__name__}")
+    height, width = pixels.shape[-2:]
+    pixels = TF.to_dtype(pixels, torch.uint8, scale=True)
+    pixels = TF.resize(pixels, [size, size], antialias=True)
+    pixels = TF.to_dtype(pixels, torch.float32, scale=True)
+    return TF.normalize(pixels, mean=[0.5] * 3, std=[0.5] * 3), (int(height), int(width))
+
+
+def _parse_prompt(prompt: PromptLike, index: int) -> tuple[str, list[list[float]], list[int]]:
+    if isinstance(prompt, str):
+        return prompt, [], []
+    if not isinstance(prompt, Mapping):
+        raise ValueError(f"prompt {index} must be a string or a mapping with 'text'; got {type(prompt).__name__}")
+    if "points" in prompt:
+        raise ValueError(f"prompt {index}: {POINTS_UNSUPPORTED}")
+    unknown = set(prompt) - _PROMPT_KEYS
+    if unknown or not isinstance(prompt.get("text"), str):
+        raise ValueError(
+            f"prompt {index} needs a 'text' string and may have 'boxes' and 'labels'; got keys {sorted(prompt)}"
+        )
+    boxes = [list(map(float, box)) for box in prompt.get("boxes", [])]
+    labels = [int(label) for label in prompt.get("labels", [1] * len(boxes))]
+    if any(len(box) != 4 for box in boxes) or len(labels) != len(boxes) or not set(labels) <= {0, 1}:
+        raise ValueError(
+            f"prompt {index}: 'boxes' must be [x0, y0, x1, y1] lists in pixels and 'labels' one 1 (positive) "
+            f"or 0 (negative) per box; got {len(boxes)} boxes and labels {labels}"
+        )
+    return prompt["text"], boxes, labels
+
+
+def _batch(pixels: torch.Tensor, prompts: Sequence[PromptLike], size: tuple[int, int]) -> Batch:
+    """One image, one find query per prompt; exemplar boxes normalised by the original size and padded."""
+    parsed = [_parse_prompt(p, i) for i, p in enumerate(prompts)]
+    texts = list(dict.fromkeys(text for text, _, _ in parsed))
+    height, width = size
+    num_boxes = max(len(boxes) for _, boxes, _ in parsed)
+    box_prompts = torch.zeros(len(parsed), num_boxes, 4)
+    box_labels = torch.zeros(len(parsed), num_boxes, dtype=torch.long)
+    box_padding = torch.ones(len(parsed), num_boxes, dtype=torch.bool)
+    for q, (_, boxes, labels) in enumerate(parsed):
+        if boxes:
+            xyxy = torch.tensor(boxes) / torch.tensor([width, height, width, height])
+            box_prompts[q, : len(boxes)] = box_xyxy_to_cxcywh(xyxy)
+            box_labels[q, : len(boxes)] = torch.tensor(labels)
+            box_padding[q, : len(boxes)] = False
+    return Batch(
+        images=pixels[None],
+        img_ids=torch.zeros(len(parsed), dtype=torch.long),
+        prompts=texts,
+        prompt_ids=torch.tensor([texts.index(text) for text, _, _ in parsed]),
+        box_prompts=box_prompts if num_boxes else None,
+        box_labels=box_labels if num_boxes else None,
+        box_padding=box_padding if num_boxes else None,
+        orig_sizes=torch.tensor([[height, width]] * len(parsed)),
+    )
+
+
+def predict(model: Sam3Lite, image: ImageLike, prompts: Sequence[PromptLike]) -> list[dict[str, torch.Tensor]]:
+    """Run `model` on one image for each prompt; returns one dict per prompt, in order:
+
+    boxes   float [Nq, 4]  xyxy in pixels of the input image (all Nq = num_queries queries, unthresholded)
+    scores  float [Nq]     sigmoid(pred_logit) * sigmoid(presence_logit), in [0, 1]
+    """
+    if isinstance(prompts, (str, Mapping)):
+        prompts = [prompts]
+    if not prompts:
+        return []
+    pixels, (height, width) = preprocess_image(image, model.cfg.vision.image_size)
+    device = next(model.parameters()).device
+    batch = _batch(pixels, prompts, (height, width)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(batch)
+    finally:
+        model.train(was_training)
+    scores = out["pred_logits"].sigmoid().squeeze(-1) * out["presence_logit_dec"].sigmoid()  # [Q, Nq]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
+    boxes = out["pred_boxes_xyxy"].float() * scale  # [Q, Nq, 4]
+    return [{"boxes": boxes[q].cpu(), "scores": scores[q].float().cpu()} for q in range(len(prompts))]
