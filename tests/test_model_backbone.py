@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from sam3lite_core.model import chunked
 from sam3lite_core.model.backbone import Backbone
 from sam3lite_core.model.config import PRESETS, VisionConfig
 from sam3lite_core.model.neck import VisionBackbone
@@ -94,6 +95,22 @@ def test_trunk_matches_vendor(vendor, vision: VisionConfig) -> None:
     expected = theirs(images)[-1]
     torch.manual_seed(1)
     assert max_diff(ours(images), expected) <= TOL
+
+
+def test_trunk_matches_vendor_with_chunked_mlps(vendor, monkeypatch) -> None:
+    """The MLPs' chunked path (taken on CPU at full size, chunked.py) forced at small dims: 5 tokens per chunk."""
+    monkeypatch.setattr(chunked, "HIDDEN_BYTES", 4 * int(UNEVEN.width * UNEVEN.mlp_ratio) * 5)
+    torch.manual_seed(0)
+    theirs = vendor_vit(UNEVEN).eval()
+    ours = ViT(UNEVEN).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    images = torch.randn(2, 3, UNEVEN.image_size, UNEVEN.image_size, requires_grad=True)
+    out = ours(images)
+    with torch.no_grad():
+        assert max_diff(out, theirs(images)[-1]) <= TOL
+    (grad,) = torch.autograd.grad(out.square().sum(), images)
+    (expected,) = torch.autograd.grad(theirs(images)[-1].square().sum(), images)
+    assert max_diff(grad, expected) <= 1e-4
 
 
 def test_neck_level_and_position_encoding_match_vendor(vendor) -> None:

@@ -170,6 +170,21 @@ def test_predict_one_entry_per_prompt_in_input_pixels():
         predict(model, array, [{"text": "cat", "points": [[3, 4]]}])
 
 
+def test_predict_bf16_is_close_to_fp32_and_precision_is_checked():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    array = np.random.default_rng(0).integers(0, 256, size=(90, 160, 3), dtype=np.uint8)
+    ref = predict(model, array, ["a cat", "dog"])
+    out = predict(model, array, ["a cat", "dog"], precision="bf16")
+    for a, b in zip(ref, out):
+        assert b["scores"].dtype == b["boxes"].dtype == torch.float32
+        assert not torch.equal(a["scores"], b["scores"])  # autocast did run
+        assert torch.allclose(a["scores"], b["scores"], atol=1e-2)
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-2 * 160)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict(model, array, ["dog"], precision="fp16")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_sam3_matches_upstream_full_size(vendor):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import vendor_detector as vd
+from sam3lite_core.model import chunked
 from sam3lite_core.model.config import PRESETS
 from sam3lite_core.model.decoder import BoxDecoder
 from sam3lite_core.model.fusion_encoder import FusionEncoder
@@ -123,15 +124,19 @@ def test_geometry_encoder_refuses_points():
 
 
 @torch.no_grad()
-def test_fusion_encoder_matches_upstream(vendor):
+@pytest.mark.parametrize("chunk_rows", [None, 7], ids=["whole", "ffn_in_chunks"])
+def test_fusion_encoder_matches_upstream(vendor, monkeypatch, chunk_rows):
+    if chunk_rows:  # the FFN's chunked path (taken on CPU at full size, chunked.py)
+        monkeypatch.setattr(chunked, "HIDDEN_BYTES", 4 * T.ffn_dim * chunk_rows)
     theirs, ours = vd.fusion_encoder(T), FusionEncoder(T)
     _copy(theirs, ours, seed=6)
     h, w = 6, 5
-    image, pos = _image(h, w, seed=7)
+    image, pos = _image(h, w, seed=7)  # three images; the last two queries share image 2, image 1 is unused
+    img_ids = torch.tensor([0, 2, 2])
     prompt, prompt_mask = _prompt(seed=8)
-    memory = ours(image, pos, prompt, prompt_mask)
+    memory = ours(image, pos, img_ids, prompt, prompt_mask)
     ref = theirs(
-        src=[image.clone()], prompt=prompt, src_pos=[pos.clone()], prompt_key_padding_mask=prompt_mask,
+        src=[image[:, img_ids]], prompt=prompt, src_pos=[pos[:, img_ids]], prompt_key_padding_mask=prompt_mask,
         prompt_pos=torch.zeros_like(prompt), feat_sizes=[(h, w)],
     )
     assert memory.shape == (h * w, Q, T.d_model)

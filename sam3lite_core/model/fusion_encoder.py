@@ -6,11 +6,14 @@ only in which positional encodings they pass, so one class serves both and the k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sam3lite_core.model.chunked import map_rows
 from sam3lite_core.model.config import TransformerConfig
 
 
@@ -48,18 +51,37 @@ class PreNormAttentionLayer(nn.Module):
     ) -> torch.Tensor:
         """tgt [S, B, D], memory [M, B, D], query_pos like tgt, memory_pos like memory,
         tgt_padding_mask [B, S] and memory_padding_mask [B, M] (True = padding) -> [S, B, D]."""
+        tgt = self.attend_self(tgt, query_pos, tgt_padding_mask)
+        return self.attend_memory(tgt, memory, memory_pos, memory_padding_mask)
+
+    def attend_self(
+        self, tgt: torch.Tensor, query_pos: torch.Tensor | None = None, tgt_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The self-attention sub-layer with its residual (shapes as in `forward`)."""
         x = self.norm1(tgt)
         q = k = x if query_pos is None else x + query_pos
         x = self.self_attn(q, k, x, key_padding_mask=tgt_padding_mask, need_weights=False)[0]
-        tgt = tgt + self.dropout1(x)
+        return tgt + self.dropout1(x)
 
+    def attend_memory(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor | None = None,
+        memory_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The cross-attention and FFN sub-layers with their residuals (shapes as in `forward`)."""
         x = self.norm2(tgt)
         key = memory if memory_pos is None else memory + memory_pos
         x = self.cross_attn_image(x, key, memory, key_padding_mask=memory_padding_mask, need_weights=False)[0]
         tgt = tgt + self.dropout2(x)
 
-        x = self.linear2(self.dropout(F.relu(self.linear1(self.norm3(tgt)))))
+        x = map_rows(self._ffn, self.norm3(tgt), self.linear1.out_features)  # chunks of tokens on CPU
         return tgt + self.dropout3(x)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        # ReLU in place on the linear's fresh output (its backward does not need it): no second hidden buffer.
+        return self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))
 
 
 class FusionEncoder(nn.Module):
@@ -76,16 +98,30 @@ class FusionEncoder(nn.Module):
         self.layers = nn.ModuleList(PreNormAttentionLayer(cfg) for _ in range(cfg.encoder_layers))
 
     def forward(
-        self, image: torch.Tensor, image_pos: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor
+        self,
+        image: torch.Tensor,
+        image_pos: torch.Tensor,
+        img_ids: torch.Tensor,
+        prompt: torch.Tensor,
+        prompt_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """image, image_pos [HW, Q, D] seq-first, prompt [P, Q, D], prompt_mask [Q, P] True at padding
-        -> memory [HW, Q, D]."""
-        x = image
-        for layer in self.layers:
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(
-                    layer, x, prompt, query_pos=image_pos, memory_padding_mask=prompt_mask, use_reentrant=False
-                )
-            else:
-                x = layer(x, prompt, query_pos=image_pos, memory_padding_mask=prompt_mask)
+        """image, image_pos [HW, B, D] seq-first, one column per image; img_ids long [Q], the image of each find
+        query; prompt [P, Q, D], prompt_mask [Q, P] True at padding -> memory [HW, Q, D].
+
+        No image token has attended to a prompt before the first cross-attention, so the first self-attention
+        (an HW x HW attention per head, the costliest sub-layer) is the same for all queries of an image: it
+        runs once per image and each query takes its image's result. The output is the same as running every
+        query through every layer (in training, that sub-layer's dropout is shared by the queries of an image).
+        """
+        first, *rest = self.layers
+        x = self._run(first.attend_self, image, image_pos)[:, img_ids]
+        query_pos = image_pos[:, img_ids]
+        x = self._run(first.attend_memory, x, prompt, None, prompt_mask)
+        for layer in rest:
+            x = self._run(layer, x, prompt, query_pos, None, None, prompt_mask)
         return x
+
+    def _run(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor | None) -> torch.Tensor:
+        if self.activation_checkpointing and self.training:
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from sam3lite_core.model.chunked import map_rows
 from sam3lite_core.model.config import VisionConfig
 from sam3lite_core.model.rope import apply_rope, block_rope
 
@@ -87,6 +88,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., width] -> [..., width], in chunks of tokens on CPU (chunked.py)."""
+        return map_rows(self._mlp, x, self.fc1.out_features)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
 
