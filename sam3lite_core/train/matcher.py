@@ -94,7 +94,9 @@ class HungarianMatcher:
             + self.cost_class * cost_class.unsqueeze(-1).expand_as(cost_bbox)
             + self.cost_giou * cost_giou
         )
-        cost_np = cost.cpu().numpy()
+        # Non-finite predictions (a diverged step) must reach the loss as a non-finite value the training loop
+        # skips; scipy would raise on them instead.
+        cost_np = np.nan_to_num(cost.cpu().numpy(), nan=1e9, posinf=1e9, neginf=-1e9)
 
         query_idx, pred_idx, target_idx = [], [], []
         for k, (query, count) in enumerate(zip(queries.tolist(), num_boxes[queries].tolist())):

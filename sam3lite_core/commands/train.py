@@ -1,0 +1,65 @@
+"""`sam3lite train [--config run.yaml] --dataset DIR [--set key=value ...] [--resume] [--nproc-per-node N]`.
+
+Prints `[sam3lite-progress p]`, `[sam3lite-metric]{json}` and `[sam3lite-result]{json}` lines (a progress bar
+on a terminal; upstream's `Train Epoch:` / `Meters:` lines too with `--set upstream_log_lines=true`).
+`--nproc-per-node N` re-launches itself under torchrun (`torchrun --nproc-per-node N -m sam3lite_core.train`).
+Exit status: 0 when training ended normally (completed, early stopping, time limit), 1 when it aborted on
+non-finite losses or the dataset is unusable, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="YAML", help="training config (run.yaml); fields as in --help-config")
+    parser.add_argument("--dataset", metavar="DIR", help="YOLO/Qwen dataset folder (overrides the config's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, value read as YAML (repeatable): --set max_epochs=30")
+    parser.add_argument("--resume", action="store_true", help="continue the run (run_name, else the newest)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="data-parallel processes on this machine (one per GPU); runs torchrun")
+    parser.add_argument("--help-config", action="store_true", help="list every config field and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    try:
+        cfg = TrainConfig.from_yaml(args.config, args.overrides, dataset=args.dataset, resume=args.resume or None)
+    except ConfigError as exc:
+        print(f"sam3lite train: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch(args)
+    from sam3lite_core.data.report import DatasetError
+    from sam3lite_core.train.events import ConsolePrinter
+    from sam3lite_core.train.loop import train
+
+    try:
+        result = train(cfg, ConsolePrinter(upstream=cfg.upstream_log_lines))
+    except DatasetError as exc:
+        print(exc.report.text(10) if exc.report is not None else f"sam3lite train: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sam3lite train: {exc}", file=sys.stderr)
+        return 2
+    return 1 if result.stopped_reason == "nonfinite_abort" else 0
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
+            "-m", "sam3lite_core.train"]
+    for flag, value in (("--config", args.config), ("--dataset", args.dataset)):
+        if value:
+            argv += [flag, value]
+    argv += [item for override in args.overrides for item in ("--set", override)]
+    argv += ["--resume"] if args.resume else []
+    os.execv(sys.executable, argv)
+    return 0  # not reached

@@ -1,0 +1,341 @@
+"""`TrainConfig`: every training tunable in one pydantic model, and the settings objects derived from it.
+
+Field names are the backend's where it has one (reference/tator_contract.md sections 2.2 and 5: `max_epochs`,
+`train_batch_size`, `lr_scale`, `language_backbone_lr` as an alias, ...), so a backend request maps onto it
+key for key. YAML in (`from_yaml`), `key=value` overrides with YAML-typed values (`apply_overrides`), and every
+error names the field, what was given and what is allowed.
+
+The loss, optimiser, schedule, loader, balance and conversion settings are derived here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sam3lite_core.data.convert import ConvertSettings
+
+if TYPE_CHECKING:  # torch-based; imported where used so that reading a config stays light
+    from sam3lite_core.data.dataset import LoaderSettings
+    from sam3lite_core.data.sampler import BalanceSettings
+    from sam3lite_core.model.config import ModelConfig
+    from sam3lite_core.train.losses import LossConfig
+    from sam3lite_core.train.optim import OptimConfig
+    from sam3lite_core.train.schedule import ScheduleConfig
+
+Strategy = Literal["none", "inv_sqrt", "inv_pow", "clipped_inv", "effective_num", "focal", "log_inv"]
+PRESET_NAMES = ("sam3", "small", "tiny")
+BOX_ONLY = (
+    "sam3lite trains the box-only SAM3 detector: there is no mask head, mask loss or interactive (tracker) "
+    "predictor; set it to false (the backend's bbox-only mode sends false too)"
+)
+_REFUSED = ("enable_segmentation", "enable_segmentation_head", "train_segmentation", "enable_inst_interactivity")
+# Fields that say where a run goes and how it is displayed, not what it trains: left out of resolved_hash().
+_NOT_HASHED = frozenset({
+    "dataset", "runs_root", "run_name", "resume", "cache_dir", "num_train_workers", "num_val_workers", "device",
+    "log_freq", "log_every_batch", "upstream_log_lines", "num_gpus",
+})
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message names the field and what is allowed."""
+
+
+class TrainConfig(BaseModel):
+    """One training run. Defaults are the backend's (upstream roboflow fine-tune) unless the comment says."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # What to train, from what, and where the run goes.
+    dataset: str | None = Field(default=None, description="YOLO/Qwen dataset folder (read only)")
+    preset: Literal["sam3", "small", "tiny"] = Field(default="small", description="model size")
+    init_checkpoint: str | None = Field(default=None, description="local weights to start from (sam3.pt, ours)")
+    runs_root: str = Field(default="runs", description="run folders go to <runs_root>/<run_name>")
+    run_name: str | None = Field(default=None, description="default <dataset-id>-<yyyymmdd-HHMMSS>")
+    resume: bool = Field(default=False, description="continue <run_name> (default: the newest run) at last.ckpt")
+    cache_dir: str | None = Field(default=None, description="converted datasets; default <runs_root>/.cache")
+
+    # Length, batches, data loading.
+    max_epochs: int = Field(default=20, ge=1)
+    train_batch_size: int = Field(default=1, ge=1, description="images per process per micro-batch")
+    val_batch_size: int = Field(default=1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="micro-batches per optimiser step (upstream splits one batch instead)"
+    )
+    num_train_workers: int = Field(default=4, ge=0, description="capped at the CPU count minus one")
+    num_val_workers: int = Field(default=2, ge=0)
+    num_gpus: int = Field(default=1, ge=1, description="processes the launcher starts (torchrun); read by launchers")
+    resolution: int | None = Field(default=None, ge=28, description="input side in px; None = the preset's")
+    target_epoch_size: int | None = Field(default=None, ge=1, description="micro-batches per epoch per process")
+    train_limit: int | None = Field(default=None, ge=1, description="use at most this many train images")
+    val_limit: int | None = Field(default=None, ge=1, description="use at most this many val images")
+    time_limit_minutes: float | None = Field(
+        default=None, gt=0, description="stop cleanly after this wall time (ours); the lr cooldown is fitted to it"
+    )
+
+    # Validation, best checkpoint, early stopping.
+    val_epoch_freq: int = Field(default=10, ge=1, description="validate every N epochs and after the last")
+    skip_first_val: bool = Field(default=True, description="no validation after the first epoch")
+    val_max_dets: int = Field(default=100, ge=1, description="detections kept per image for COCO mAP")
+    val_score_thresh: float = Field(default=0.0, ge=0.0, le=1.0, description="drop detections scored below")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="stop after this many epochs without a better val AP (ours); None = off"
+    )
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0, description="AP gain that counts as better")
+
+    # Optimiser and schedule.
+    lr_scale: float = Field(default=0.1, ge=0.0)
+    lr_transformer: float = Field(default=8e-4, ge=0.0)
+    lr_vision_backbone: float = Field(default=2.5e-4, ge=0.0)
+    lr_language_backbone: float = Field(
+        default=5e-5, ge=0.0, validation_alias=AliasChoices("lr_language_backbone", "language_backbone_lr")
+    )
+    lrd_vision_backbone: float = Field(default=0.9, gt=0.0, le=1.0, description="layer-wise lr decay of the trunk")
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    grad_clip: float = Field(default=0.1, ge=0.0, description="max L2 norm of all gradients; 0 = no clipping")
+    scheduler_warmup: int = Field(default=20, ge=0)
+    scheduler_timescale: int = Field(default=20, ge=1)
+    scheduler_cooldown: int = Field(default=20, ge=0)
+    o2m_weight: float = Field(default=2.0, ge=0.0, description="weight of the one-to-many loss")
+
+    # Model, precision, memory (ours).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        default="auto", description="autocast: auto = bf16 on CUDA (fp16 without bf16 support), off on CPU"
+    )
+    activation_checkpointing: bool | None = Field(default=None, description="None = on for the sam3 preset only")
+    freeze_language_backbone: bool = Field(default=False, description="frozen text encoder, features cached")
+    freeze_vision_trunk: bool = Field(default=False, description="frozen ViT trunk (ours; neck still trains)")
+    ema: bool = Field(default=True, description="evaluate and export an exponential moving average of the weights")
+    ema_decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    ema_tau: float = Field(default=200.0, gt=0.0, description="EMA warm-up: decay x (1 - exp(-updates / tau))")
+
+    # Robustness and checkpoints (ours).
+    max_nonfinite_steps: int = Field(default=10, ge=0, description="abort after more skipped non-finite steps")
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also save last.ckpt every N steps")
+    hard_example_mining: bool = Field(default=False, description="replay the highest-loss images after burn-in")
+    hard_example_burn_in: int = Field(default=1, ge=1, description="epochs before mining starts")
+    hard_example_fraction: float = Field(default=0.25, gt=0.0, lt=1.0, description="share of an epoch replayed")
+
+    # Logging.
+    log_freq: int = Field(default=10, ge=1, description="log every N optimiser steps")
+    log_every_batch: bool = Field(default=False, description="log_freq = 1")
+    upstream_log_lines: bool = Field(default=False, description="also print upstream's Train Epoch / Meters lines")
+
+    # Data: split, prompts, balance, augmentation.
+    val_percent: float = Field(default=0.2, ge=0.0, le=0.9, description="val share for datasets without val/")
+    split_seed: int = 42
+    prompt_variants: dict[str, list[str] | str] = Field(default_factory=dict)
+    prompt_randomize: bool = Field(default=True, description="draw a prompt variant per sample (else the first)")
+    balance_strategy: Strategy = "none"
+    balance_classes: bool | None = Field(default=None, description="overrides balance_strategy on/off")
+    balance_power: float = Field(default=0.5, ge=0.0)
+    balance_clip: float = Field(default=10.0, gt=0.0)
+    balance_beta: float = Field(default=0.99, gt=0.0, lt=1.0)
+    balance_gamma: float = Field(default=0.5, ge=0.0)
+    background_weight: float = Field(default=1.0, gt=0.0, description="weight of images without boxes (x mean)")
+    hflip_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    box_jitter: float = Field(default=0.0, ge=0.0, le=0.5)
+    seed: int = 123
+
+    # Refused: box-only.
+    enable_segmentation: bool = False
+    enable_segmentation_head: bool = False
+    train_segmentation: bool = False
+    enable_inst_interactivity: bool = False
+
+    @field_validator(*_REFUSED)
+    @classmethod
+    def _box_only(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(BOX_ONLY)
+        return value
+
+    @field_validator("init_checkpoint")
+    @classmethod
+    def _local_only(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            raise ValueError(f"{value!r} is a URL; give a local file path (sam3lite downloads nothing)")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_fits(cls, value: int | None) -> int | None:
+        if value is not None and value % 14:
+            low = value // 14 * 14
+            raise ValueError(f"must be a multiple of the patch size 14; use {low} or {low + 14}")
+        return value
+
+    # Loading.
+    @classmethod
+    def parse(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Validate a plain dict; a ConfigError lists every problem as `source: field: what (allowed)`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError("\n".join(_describe(err, source) for err in exc.errors())) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] = (), **fields: Any) -> "TrainConfig":
+        """Load `path` (None: defaults), then `fields` (e.g. dataset=...), then `key=value` overrides."""
+        data: dict[str, Any] = {}
+        source = "defaults"
+        if path is not None:
+            source = str(path)
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+        data.update({k: v for k, v in fields.items() if v is not None})
+        return cls.parse(data, source).apply_overrides(overrides)
+
+    def apply_overrides(self, overrides: list[str] | tuple[str, ...]) -> "TrainConfig":
+        """A copy with `key=value` strings applied; values are read as YAML (`3`, `1e-4`, `true`, `[a, b]`)."""
+        data = self.model_dump(exclude_unset=True)
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set max_epochs=30")
+            if key not in _known_names():
+                raise ConfigError(f"--set {item!r}: {_unknown_field(key)}")
+            try:
+                data[_canonical(key)] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        return TrainConfig.parse(data, "--set") if overrides else self
+
+    # Resolved values.
+    @property
+    def image_size(self) -> int:
+        from sam3lite_core.model.config import PRESETS
+
+        return self.resolution or PRESETS[self.preset].vision.image_size
+
+    @property
+    def use_activation_checkpointing(self) -> bool:
+        return self.preset == "sam3" if self.activation_checkpointing is None else self.activation_checkpointing
+
+    @property
+    def effective_log_freq(self) -> int:
+        return 1 if self.log_every_batch else self.log_freq
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the automatic choices filled in (resolution, activation checkpointing)."""
+        return self.model_copy(
+            update={"resolution": self.image_size, "activation_checkpointing": self.use_activation_checkpointing}
+        )
+
+    def resolved_hash(self) -> str:
+        """Stable hash of what the run trains (resolved; where it goes and how it logs left out)."""
+        data = self.resolved().model_dump(mode="json", exclude=set(_NOT_HASHED))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    # Settings of the parts, derived in one place.
+    def detector_config(self) -> "ModelConfig":
+        from sam3lite_core.model.config import PRESETS
+
+        return PRESETS[self.preset].with_resolution(self.image_size)
+
+    def loss_config(self) -> "LossConfig":
+        from sam3lite_core.train.losses import LossConfig
+
+        return LossConfig(o2m_weight=self.o2m_weight)
+
+    def optim_config(self) -> "OptimConfig":
+        from sam3lite_core.train.optim import OptimConfig
+
+        return OptimConfig(
+            lr_transformer=self.lr_transformer, lr_vision=self.lr_vision_backbone,
+            lr_language=self.lr_language_backbone, lr_scale=self.lr_scale, layer_decay=self.lrd_vision_backbone,
+            weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+        )
+
+    def schedule_config(self) -> "ScheduleConfig":
+        from sam3lite_core.train.schedule import ScheduleConfig
+
+        return ScheduleConfig(
+            warmup_steps=self.scheduler_warmup, timescale=self.scheduler_timescale,
+            cooldown_steps=self.scheduler_cooldown,
+        )
+
+    def loader_settings(self) -> "LoaderSettings":
+        from sam3lite_core.data.dataset import LoaderSettings
+
+        variants = self.prompt_variants
+        if not self.prompt_randomize:  # always the first variant, as evaluation does
+            variants = {k: (v.split(",") if isinstance(v, str) else v)[:1] for k, v in variants.items()}
+        return LoaderSettings(
+            resolution=self.image_size, prompt_variants=variants, hflip_prob=self.hflip_prob, box_jitter=self.box_jitter
+        )
+
+    def balance_settings(self) -> "BalanceSettings":
+        from sam3lite_core.data.sampler import BalanceSettings
+
+        strategy = self.balance_strategy
+        if self.balance_classes is False:
+            strategy = "none"
+        elif self.balance_classes and strategy == "none":
+            strategy = "inv_sqrt"
+        return BalanceSettings(
+            strategy=strategy, power=self.balance_power, clip=self.balance_clip, beta=self.balance_beta,
+            gamma=self.balance_gamma, background_weight=self.background_weight,
+            target_epoch_size=self.target_epoch_size, seed=self.seed,
+        )
+
+    def convert_settings(self) -> ConvertSettings:
+        return ConvertSettings(val_fraction=self.val_percent, seed=self.split_seed)
+
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.runs_root) / ".cache"
+
+
+def _known_names() -> set[str]:
+    names = set(TrainConfig.model_fields)
+    names.add("language_backbone_lr")
+    return names
+
+
+def _canonical(key: str) -> str:
+    return "lr_language_backbone" if key == "language_backbone_lr" else key
+
+
+def _unknown_field(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(_known_names()), n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "see `sam3lite train --help-config` for the fields"
+    return f"unknown field {key!r}; {hint}"
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    """One pydantic error as `source: field: message (got ...)`."""
+    field = ".".join(str(part) for part in err.get("loc", ())) or "(top level)"
+    if err.get("type") == "extra_forbidden":
+        return f"{source}: {_unknown_field(field)}"
+    message = err.get("msg", "invalid").removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{source}: {field}: {message}{shown}"
+
+
+def describe_fields() -> str:
+    """Every field with its default and description, for `--help-config`."""
+    lines = []
+    for name, info in TrainConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        text = f"  {name} = {default!r}"
+        if info.description:
+            text += f"  # {info.description}"
+        lines.append(text)
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The commands: `sam3lite train` (a real subprocess: the lines a backend or a pipeline reads), its config
+errors, `python -m sam3lite_core.train`, `sam3lite eval` on a dataset folder and on a COCO JSON, `sam3lite
+export`, and `evaluate` on a model and on a checkpoint file agreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sam3lite_core import cli
+from sam3lite_core.train import __main__ as train_main
+from sam3lite_core.train.evaluate import evaluate, load_for_eval
+from train_helpers import TINY, make_dataset, threads
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_cli")
+    dataset = make_dataset(root / "synth")
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "runs_root": str(root / "runs"), "cache_dir": str(root / "cache")}))
+    argv = [sys.executable, "-m", "sam3lite_core.cli", "train", "--config", str(config), "--dataset", str(dataset),
+            "--set", "max_epochs=1", "--set", "run_name=cli", "--set", "upstream_log_lines=true"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return root, dataset, done
+
+
+def test_train_command_prints_machine_and_upstream_lines(cli_run):
+    root, _, done = cli_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("[sam3lite-progress ") for line in lines)
+    assert any(line.startswith("[sam3lite-metric]{") for line in lines)
+    assert any(line.startswith("Train Epoch: [0][") and "Losses/train_all_loss:" in line for line in lines)
+    assert any(line.startswith("Meters: {") and "np.float64(" in line for line in lines)
+    result = json.loads(lines[-1].removeprefix("[sam3lite-result]"))
+    assert result["stopped_reason"] == "completed" and result["run_dir"] == str(root / "runs" / "cli")
+    assert "\x1b[" not in done.stdout  # no progress bar off a terminal
+
+
+def test_config_errors_exit_2_and_name_the_field(capsys, tmp_path):
+    assert cli.main(["train", "--dataset", str(tmp_path), "--set", "max_epoch=3"]) == 2
+    assert "unknown field 'max_epoch'; did you mean max_epochs" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", str(tmp_path), "--set", "enable_segmentation=true"]) == 2
+    assert "box-only" in capsys.readouterr().err
+    assert train_main.main(["--help-config"]) == 0
+    assert "max_epochs = 20" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        train_main.main(["--help"])
+    assert info.value.code == 0
+
+
+def test_eval_command_on_a_folder_and_on_a_coco_json(cli_run, capsys):
+    root, dataset, _ = cli_run
+    export = root / "runs" / "cli" / "checkpoints" / "export.ckpt"
+    with threads(1):
+        assert cli.main(["eval", "--checkpoint", str(export), "--dataset", str(dataset), "--cache-dir",
+                         str(root / "cache"), "--json"]) == 0
+        from_folder = json.loads(capsys.readouterr().out)
+        val_json = next((root / "cache" / "coco").glob("*/val.json"))
+        images = dataset / "val"
+        assert cli.main(["eval", "--checkpoint", str(export), "--dataset", str(val_json),
+                         "--images-root", str(images)]) == 0
+        table = capsys.readouterr().out
+        direct = evaluate(load_for_eval(export), val_json, images)
+    assert from_folder["AP"] == direct.AP and from_folder["num_images"] == 2
+    assert f"AP {direct.AP:.4f}" in table and "red circle" in table
+
+
+def test_export_command(cli_run, capsys, tmp_path):
+    root, _, _ = cli_run
+    run = root / "runs" / "cli"
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "ema.ckpt")]) == 0
+    assert cli.main(["export", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--out",
+                     str(tmp_path / "raw.ckpt"), "--no-ema"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ema, raw = (torch.load(tmp_path / name, weights_only=True) for name in ("ema.ckpt", "raw.ckpt"))
+    active = torch.load(run / "checkpoints" / "export.ckpt", weights_only=True)
+    key = "detector.dot_prod_scoring.prompt_proj.weight"
+    assert torch.equal(ema["model"][key], active["model"][key]) and not torch.equal(raw["model"][key], ema["model"][key])
+    assert cli.main(["export", "--checkpoint", str(tmp_path)]) == 2
+
+
+def test_evaluate_a_model_equals_evaluating_its_checkpoint(cli_run):
+    root, _, _ = cli_run
+    best = root / "runs" / "cli" / "checkpoints" / "best.ckpt"
+    val_json = next((root / "cache" / "coco").glob("*/val.json"))
+    images = root / "synth" / "val"
+    with threads(1):
+        from_file = evaluate(best, val_json, images, use_ema=False)
+        model = load_for_eval(best, use_ema=False).train()
+        in_memory = evaluate(model, val_json, images, batch_size=2)
+    assert from_file.stats == in_memory.stats and model.training  # mode restored
