@@ -1,0 +1,70 @@
+"""One image, K = 20 text prompts: `Predictor.predict` with the K prompts batched (chunks of 16 prompts per
+forward, the backbone run once) against K calls of the plain `predict(model, image, prompt)` (K backbone
+runs), same model, same process. The feature cache is cleared before every batched call, so both sides start
+from the image; the text cache (frozen text encoder) serves both sides alike.
+
+Each side runs `--rounds` times, alternating; medians are reported. Ends with `RESULT {...}`,
+ratio = single-call seconds / batched seconds (speed-up; goal >= 5).
+
+Run: .venv/bin/python bench/bench_predict.py [--preset small] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sam3lite_core.model.sam3lite import build_model
+from sam3lite_core.predict import predict
+from sam3lite_core.predictor import Predictor
+
+PROMPTS = [f"{color} {shape}" for color in ("red", "blue", "green", "yellow", "white")
+           for shape in ("circle", "square", "triangle", "star")]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=("tiny", "small", "sam3"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(args.preset))
+    size = predictor.model.cfg.vision.image_size
+    image = np.random.default_rng(0).integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+
+    def batched() -> None:
+        predictor.features.clear()
+        predictor.predict(image, PROMPTS, chunk_size=16)
+
+    def singles() -> None:
+        for prompt in PROMPTS:
+            predict(predictor.model, image, [prompt])
+
+    batched()  # warm-up: allocator, oneDNN kernels, text cache for every prompt
+    ours, base = [], []
+    for _ in range(args.rounds):
+        ours.append(timed(batched))
+        base.append(timed(singles))
+    o, b = statistics.median(ours), statistics.median(base)
+    print(f"{args.preset} preset, {size} px, K={len(PROMPTS)} prompts, {args.threads} threads, median of {args.rounds}")
+    print(f"  batched (chunks of 16): {o:.3f} s   single calls: {b:.3f} s   speed-up {b / o:.2f}x")
+    print("RESULT " + json.dumps({"bench": f"predict_k{len(PROMPTS)}_{args.preset}", "ours": round(o, 4),
+                                  "baseline": round(b, 4), "ratio": round(b / o, 2), "unit": "s"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`sam3lite predict IMAGE... --prompt TEXT [--prompt TEXT ...] --checkpoint PATH [--threshold T] [--json OUT]
+[--viz OUT_DIR]`: detect the prompted objects in each image.
+
+Prints one table row per kept detection, then the peak memory (resident set of this process; the CUDA peak too
+on a GPU). `--json OUT` writes every detection ("-" prints the JSON instead of the table); `--viz OUT_DIR` saves
+each image with its labelled boxes as OUT_DIR/<image stem>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="text prompt (repeatable)")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="our checkpoint or an upstream sam3.pt")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score kept (default 0.5)")
+    parser.add_argument("--max-detections", type=int, default=100, help="best detections kept per prompt")
+    parser.add_argument("--nms-iou", type=float, help="suppress boxes overlapping a better one above this IoU")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--json", metavar="OUT", help="write the detections as JSON to OUT ('-' = stdout)")
+    parser.add_argument("--viz", metavar="OUT_DIR", help="save each image with its boxes drawn into OUT_DIR")
+
+
+def _records(images: list[str], results: list[list[list[Any]]]) -> list[dict[str, Any]]:
+    """One JSON-ready dict per image: {"image", "detections": [{prompt, score, box_xyxy, box_cxcywh}]}."""
+    return [
+        {
+            "image": image,
+            "detections": [
+                {"prompt": d.prompt, "score": round(d.score, 5), "box_xyxy": [round(v, 2) for v in d.box_xyxy],
+                 "box_cxcywh": [round(v, 5) for v in d.box_cxcywh]}
+                for per_prompt in per_image for d in per_prompt
+            ],
+        }
+        for image, per_image in zip(images, results)
+    ]
+
+
+def _print_table(records: list[dict[str, Any]]) -> None:
+    print(f"{'image':<28} {'prompt':<20} {'score':>6}  box_xyxy (px)")
+    for record in records:
+        if not record["detections"]:
+            print(f"{Path(record['image']).name:<28} {'-':<20} {'-':>6}  no detection above the threshold")
+        for d in record["detections"]:
+            box = " ".join(f"{v:7.1f}" for v in d["box_xyxy"])
+            print(f"{Path(record['image']).name:<28} {d['prompt'][:20]:<20} {d['score']:6.3f}  {box}")
+
+
+def _draw(image_path: str, detections: list[dict[str, Any]], out_dir: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+    prompts = list(dict.fromkeys(d["prompt"] for d in detections))
+    with Image.open(image_path) as opened:
+        canvas = opened.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for d in detections:
+        color = palette[prompts.index(d["prompt"]) % len(palette)]
+        draw.rectangle(d["box_xyxy"], outline=color, width=2)
+        draw.text((d["box_xyxy"][0] + 2, d["box_xyxy"][1] + 1), f"{d['prompt']} {d['score']:.2f}", fill=color)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{Path(image_path).stem}.png"
+    canvas.save(out)
+    return out
+
+
+def _peak_memory(device: str) -> str:
+    import torch
+
+    # ru_maxrss is in KiB on Linux.
+    text = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        text += f", CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from sam3lite_core.predictor import Predictor
+    from sam3lite_core.train.distributed import pick_device
+
+    try:
+        device = str(pick_device(args.device))
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
+        results = predictor.predict(
+            args.images, args.prompt, threshold=args.threshold, max_detections=args.max_detections,
+            nms_iou=args.nms_iou,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sam3lite predict: {exc}", file=sys.stderr)
+        return 1
+    records = _records(args.images, results)
+    if args.json == "-":
+        print(json.dumps(records, indent=2))
+    else:
+        _print_table(records)
+        if args.json:
+            Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
+            print(f"wrote {args.json}")
+    if args.viz:
+        for record in records:
+            print(f"drew {_draw(record['image'], record['detections'], Path(args.viz))}", file=sys.stderr)
+    print(_peak_memory(device), file=sys.stderr)
+    return 0

@@ -1,0 +1,42 @@
+"""`sam3lite serve [--host 127.0.0.1] [--port 8000] [--runs-root DIR] [--base-checkpoint PATH]`.
+
+Serves the backend-compatible SAM3 endpoints (sam3lite_core/serve/app.py) with uvicorn. The active checkpoint
+is the one recorded in `<runs-root>/active_model.json` (kept across restarts, and followed when another process
+rewrites it), else --base-checkpoint (default: env SAM3_CHECKPOINT_PATH). Set SAM3LITE_SERVE_TOKEN to require
+`Authorization: Bearer <token>` on activation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--runs-root", default="runs", metavar="DIR", help="run folders that may be activated")
+    parser.add_argument("--base-checkpoint", default=os.environ.get("SAM3_CHECKPOINT_PATH"), metavar="PATH",
+                        help="weights served when no run is active (default: env SAM3_CHECKPOINT_PATH)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted image (MiB)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sam3lite_core.serve.app import create_app
+    from sam3lite_core.train.distributed import pick_device
+
+    try:
+        app = create_app(
+            args.runs_root, base_checkpoint=args.base_checkpoint, device=str(pick_device(args.device)),
+            precision=args.precision, max_upload_bytes=int(args.max_upload_mb * 2**20),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sam3lite serve: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

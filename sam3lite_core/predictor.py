@@ -1,0 +1,179 @@
+"""`Predictor`: a loaded detector that answers K prompts on each of N images with thresholded, sorted detections.
+
+It builds on `sam3lite_core.predict.predict` (one image, several prompts in one forward, each unique prompt
+string encoded once). Two caches make repeated work free: the backbone outputs of the last images by image token
+(`ImageFeatureCache`: the vision trunk runs once per image, whatever the number of prompt chunks or calls), and
+the text features of every prompt seen (the text encoder is frozen at load, so `Sam3Lite.encode_prompts` caches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision.ops import nms
+
+from sam3lite_core.box_ops import box_xyxy_to_cxcywh
+from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
+from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
+from sam3lite_core.model.precision import PRECISIONS
+from sam3lite_core.model.sam3lite import Sam3Lite
+from sam3lite_core.predict import ImageLike, PromptLike, predict
+
+MASKS_UNSUPPORTED = "masks are not supported: sam3lite is the box-only SAM3 detector (no mask head)"
+ImageInput = ImageLike | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object of one prompt.
+
+    box_xyxy    (x0, y0, x1, y1) in pixels of the input image
+    box_cxcywh  (cx, cy, w, h) normalised to [0, 1] by the image width and height
+    score       sigmoid(pred_logit) * sigmoid(presence_logit), in [0, 1]
+    prompt      the prompt's text
+    """
+
+    box_xyxy: tuple[float, float, float, float]
+    box_cxcywh: tuple[float, float, float, float]
+    score: float
+    prompt: str
+
+
+def load_rgb(image: ImageInput) -> np.ndarray:
+    """A path, PIL image, uint8 [H, W, 3] / [H, W] array or [3, H, W] tensor -> uint8 [H, W, 3] RGB array."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image {path} does not exist")
+        try:
+            with PIL.Image.open(path) as opened:
+                return np.array(opened.convert("RGB"))
+        except (OSError, PIL.Image.DecompressionBombError) as exc:
+            raise ValueError(f"image {path} cannot be decoded ({exc}); is it a PNG/JPEG file?") from exc
+    if isinstance(image, PIL.Image.Image):
+        return np.array(image.convert("RGB"))
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        pixels = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
+    raise ValueError(
+        "an image must be a file path, a PIL image, a uint8 [H, W, 3] or [H, W] array, or a [3, H, W] tensor; "
+        f"got {type(image).__name__}"
+    )
+
+
+def image_token(pixels: np.ndarray) -> str:
+    """md5 hex digest of the uint8 [H, W, 3] RGB pixel bytes: the annotation backend's image token."""
+    return hashlib.md5(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def _check_prompt(prompt: PromptLike, index: int) -> str:
+    """The prompt's text; refuses point and mask prompts with the reason (predict.py checks the rest)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Mapping):
+        if "points" in prompt or "point_labels" in prompt:
+            raise ValueError(f"prompt {index}: {POINTS_UNSUPPORTED}")
+        if "masks" in prompt or "mask" in prompt:
+            raise ValueError(f"prompt {index}: {MASKS_UNSUPPORTED}")
+        if isinstance(prompt.get("text"), str):
+            return prompt["text"]
+    raise ValueError(f"prompt {index} must be a string or a mapping with a 'text' string; got {prompt!r}")
+
+
+class Predictor:
+    """A detector in eval mode on one device, with its inference precision."""
+
+    def __init__(self, model: Sam3Lite, precision: str = "fp32", cached_images: int = DEFAULT_CACHED_FEATURES) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model = model.eval()
+        self.model.freeze_text_encoder(True)  # repeated prompts then reuse their cached text features
+        self.precision = precision
+        self.features = ImageFeatureCache(cached_images)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", precision: str = "fp32") -> "Predictor":
+        """Load one of our checkpoints (its saved config; EMA weights when present) or an upstream sam3.pt
+        (sam3 preset) from a local file. Raises ValueError / FileNotFoundError for anything else."""
+        from sam3lite_core.train.evaluate import load_for_eval
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} is not a file (only local checkpoint files are loaded)")
+        return cls(load_for_eval(path, device=device), precision=precision)
+
+    def predict(
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        prompts: Sequence[PromptLike] | PromptLike,
+        *,
+        threshold: float = 0.0,
+        max_detections: int | None = None,
+        nms_iou: float | None = None,
+        chunk_size: int = 16,
+    ) -> list[list[list[Detection]]]:
+        """Detections per image, per prompt (in the order given), sorted by decreasing score.
+
+        A prompt is a text or {"text", "boxes": [[x0, y0, x1, y1] px], "labels": [1 | 0]} (exemplar boxes).
+        Every prompt is asked of every image; prompts are evaluated `chunk_size` at a time in one forward, and
+        the image's backbone features are computed once (or found in the cache).
+        Kept: score >= threshold, then (with `nms_iou`) non-maximum suppression within the prompt, then the
+        `max_detections` best.
+        """
+        images = [images] if not isinstance(images, (list, tuple)) else list(images)
+        prompts = [prompts] if isinstance(prompts, (str, Mapping)) else list(prompts)
+        texts = [_check_prompt(p, i) for i, p in enumerate(prompts)]
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if max_detections is not None and max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1 or None, got {max_detections}")
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1] or None, got {nms_iou}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        results = []
+        for image in images:
+            pixels = load_rgb(image)
+            height, width = pixels.shape[:2]
+            raw = []
+            with self.features.use(self.model.backbone, image_token(pixels)):
+                for start in range(0, len(prompts), chunk_size):
+                    raw += predict(self.model, pixels, prompts[start : start + chunk_size], precision=self.precision)
+            results.append([
+                self._select(out["boxes"], out["scores"], text, (height, width), threshold, max_detections, nms_iou)
+                for out, text in zip(raw, texts)
+            ])
+        return results
+
+    @staticmethod
+    def _select(
+        boxes: torch.Tensor, scores: torch.Tensor, text: str, size: tuple[int, int], threshold: float,
+        max_detections: int | None, nms_iou: float | None,
+    ) -> list[Detection]:
+        """boxes [Nq, 4] xyxy px, scores [Nq] -> the kept detections, best first."""
+        keep = scores >= threshold
+        boxes, scores = boxes[keep], scores[keep]
+        if nms_iou is not None and len(scores):
+            order = nms(boxes, scores, nms_iou)  # indices sorted by decreasing score
+        else:
+            order = scores.argsort(descending=True)
+        order = order[:max_detections]
+        height, width = size
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        xyxy = boxes[order]
+        cxcywh = box_xyxy_to_cxcywh(xyxy / scale)
+        return [
+            Detection(tuple(b), tuple(c), s, text)  # type: ignore[arg-type]
+            for b, c, s in zip(xyxy.tolist(), cxcywh.tolist(), scores[order].tolist())
+        ]

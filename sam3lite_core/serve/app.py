@@ -1,0 +1,152 @@
+"""The inference service: a FastAPI app with the annotation backend's SAM3 endpoints, box-only.
+
+  GET  /health                      {status, model_loaded, active}
+  GET  /sam3/models (/available)    [ModelEntry]: base weights, the active custom checkpoint, one per run
+  POST /sam3/models/activate        ActivateRequest -> {"active": ActiveModel}; bearer token when configured
+  POST /sam3/text_prompt            TextPromptRequest -> PromptResponse
+  POST /sam3/text_prompt_batch      TextPromptBatchRequest -> BatchPromptResponse (all prompts in one forward)
+  POST /sam3/visual_prompt          VisualPromptRequest -> PromptResponse
+
+User errors answer 4xx with {"detail": reason}: 400 bad input, 401 missing or wrong token, 404 unknown checkpoint
+or image token, 409 nothing to go back to, 413 too large, 422 malformed body; 503 while no model is loaded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from torchvision.ops import box_iou
+
+from sam3lite_core.predict import PromptLike
+from sam3lite_core.predictor import Detection as Predicted
+from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache, ImageError
+from sam3lite_core.serve.schemas import (
+    ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ModelEntry, PromptResponse,
+    TextPromptBatchRequest, TextPromptRequest, VisualPromptRequest, ImageRequest,
+)
+from sam3lite_core.serve.state import ActivationError, ModelState
+
+TOKEN_ENV = "SAM3LITE_SERVE_TOKEN"
+VISUAL_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes only
+SEED_IOU = 0.9  # a detection this close to a positive exemplar is the exemplar itself (the backend drops it)
+
+
+def create_app(
+    runs_root: str | os.PathLike, *, base_checkpoint: str | os.PathLike | None = None, device: str = "cpu",
+    precision: str = "fp32", token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The app over `runs_root` (activatable checkpoints and the pointer file). `token` (default: env
+    SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation."""
+    state = ModelState(Path(runs_root), base_checkpoint=Path(base_checkpoint) if base_checkpoint else None,
+                       device=device, precision=precision)
+    images = ImageCache(max_upload_bytes=max_upload_bytes)
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    app = FastAPI(title="sam3lite", description="box-only SAM3 inference, backend-compatible")
+    app.state.models = state
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # base64 inflates by 4/3; the rest of a JSON body is small.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_upload_bytes * 4 // 3 + 2**16:
+            return JSONResponse({"detail": f"request body over the {max_upload_bytes}-byte image limit"}, 413)
+        return await call_next(request)
+
+    @app.exception_handler(ValueError)
+    async def user_error(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status", 400))
+
+    @app.get("/health")
+    def health() -> dict:
+        serving = state.current()
+        return {"status": "ok", "model_loaded": serving.predictor is not None, "active": serving.active.model_dump()}
+
+    @app.get("/sam3/models", response_model=list[ModelEntry])
+    @app.get("/sam3/models/available", response_model=list[ModelEntry])
+    def models() -> list[ModelEntry]:
+        return list_models(state)
+
+    @app.post("/sam3/models/activate", response_model=ActivateResponse)
+    def activate(body: ActivateRequest, authorization: str | None = Header(default=None)) -> ActivateResponse:
+        if token is not None and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
+            raise HTTPException(401, "activation needs the header 'Authorization: Bearer <SAM3LITE_SERVE_TOKEN>'")
+        return ActivateResponse(active=state.activate(body.checkpoint_path, body.label, body.enable_segmentation))
+
+    @app.post("/sam3/text_prompt", response_model=PromptResponse)
+    def text_prompt(body: TextPromptRequest) -> PromptResponse:
+        return answer(state, images, body, [body.text_prompt], "sam3_text")[0]
+
+    @app.post("/sam3/text_prompt_batch", response_model=BatchPromptResponse)
+    def text_prompt_batch(body: TextPromptBatchRequest) -> BatchPromptResponse:
+        results = answer(state, images, body, body.text_prompts, "sam3_text")
+        return BatchPromptResponse(image_token=results[0].image_token, results=results)
+
+    @app.post("/sam3/visual_prompt", response_model=PromptResponse)
+    def visual_prompt(body: VisualPromptRequest) -> PromptResponse:
+        boxes, labels = body.exemplars()
+        prompt = {"text": body.text_prompt or body.prompt or VISUAL_TEXT, "boxes": boxes, "labels": labels}
+        seeds = torch.tensor([box for box, label in zip(boxes, labels) if label == 1]).reshape(-1, 4)
+        return answer(state, images, body, [prompt], "sam3_visual", seeds=seeds)[0]
+
+    return app
+
+
+def answer(
+    state: ModelState, images: ImageCache, body: ImageRequest, prompts: list[PromptLike], source: str,
+    seeds: torch.Tensor | None = None,
+) -> list[PromptResponse]:
+    """One PromptResponse per prompt: score >= threshold, boxes of at least min_size px^2, no detection that
+    repeats a seed box (xyxy px [S, 4]), at most max_results, best first."""
+    serving = state.current()
+    if serving.predictor is None:
+        raise HTTPException(503, "no model is active: activate one with POST /sam3/models/activate")
+    pixels, token = images.resolve(body.image_base64, body.image_token)
+    with serving.lock:
+        found = serving.predictor.predict(pixels, prompts, threshold=body.threshold)[0]
+    return [_response(kept, token, source, body, seeds) for kept in found]
+
+
+def _response(
+    found: list[Predicted], token: str, source: str, body: ImageRequest, seeds: torch.Tensor | None
+) -> PromptResponse:
+    if body.min_size:
+        found = [d for d in found if (d.box_xyxy[2] - d.box_xyxy[0]) * (d.box_xyxy[3] - d.box_xyxy[1]) >= body.min_size]
+    if seeds is not None and len(seeds) and found:
+        overlap = box_iou(torch.tensor([d.box_xyxy for d in found]), seeds).amax(dim=1)
+        found = [d for d, iou in zip(found, overlap.tolist()) if iou <= SEED_IOU]
+    found = found[: body.max_results]
+    detections = [
+        Detection(bbox=[float(np.clip(v, 0.0, 1.0)) for v in d.box_cxcywh], score=d.score, qwen_label=d.prompt,
+                  source=source, class_name=d.prompt)
+        for d in found
+    ]
+    return PromptResponse(detections=detections, warnings=[] if detections else ["no_results"], image_token=token)
+
+
+def list_models(state: ModelState) -> list[ModelEntry]:
+    """The backend's listing: base entry, then the active custom checkpoint, then each run with checkpoints
+    (path = checkpoints/last.ckpt, else the newest .ckpt)."""
+    active = state.current().active
+    base = state.base_checkpoint
+    entries = [ModelEntry(id="Base SAM3", key="base", path=str(base) if base else None,
+                          active=active.source == "env", source="env")]
+    if active.source == "custom":
+        entries.append(ModelEntry(id=active.id, key=f"active:{active.checkpoint}", path=active.checkpoint,
+                                  active=True, source="custom"))
+    runs = sorted(p for p in state.runs_root.iterdir() if p.is_dir()) if state.runs_root.is_dir() else []
+    for run in runs:
+        checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not checkpoints:
+            continue
+        last = run / "checkpoints" / "last.ckpt"
+        path = last if last in checkpoints else checkpoints[-1]
+        entries.append(ModelEntry(id=run.name, path=str(path), size_bytes=path.stat().st_size, promoted=False,
+                                  active=False, run_path=str(run)))
+    return entries

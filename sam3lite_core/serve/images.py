@@ -1,0 +1,74 @@
+"""Images of inference requests: base64 decoding with a size limit, and decoded pixels kept by image token.
+
+A client sends an image once as `image_base64` and gets its `image_token` (md5 of the RGB pixel bytes, as the
+backend computes it); later prompts on the same image send only the token and skip the upload and the decode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import PIL.Image
+
+from sam3lite_core.predictor import image_token
+
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 2**20
+DEFAULT_CACHED_IMAGES = 64
+
+
+class ImageError(ValueError):
+    """An image the service cannot use; `status` is the HTTP answer (400, 404 unknown token, 413 too large)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_base64_image(data: str, max_bytes: int) -> np.ndarray:
+    """base64 (optionally a `data:image/...;base64,` URL) of a PNG/JPEG/... -> uint8 [H, W, 3] RGB."""
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    if len(data) * 3 // 4 > max_bytes:
+        raise ImageError(f"image_base64 is over the {max_bytes}-byte upload limit of this service", 413)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"image_base64 is not valid base64 ({exc})") from exc
+    try:
+        with PIL.Image.open(io.BytesIO(raw)) as opened:
+            return np.array(opened.convert("RGB"))
+    except (OSError, PIL.Image.DecompressionBombError, ValueError) as exc:
+        raise ImageError(f"image_base64 is not a decodable image ({exc}); send a PNG or JPEG file") from exc
+
+
+class ImageCache:
+    """The last `capacity` decoded images by token (least recently used evicted); thread-safe."""
+
+    def __init__(self, capacity: int = DEFAULT_CACHED_IMAGES, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+        self.capacity, self.max_upload_bytes = capacity, max_upload_bytes
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, image_base64: str | None, token: str | None) -> tuple[np.ndarray, str]:
+        """(pixels uint8 [H, W, 3], token) of a request's image: decoded and cached, or found by token."""
+        if image_base64:
+            pixels = decode_base64_image(image_base64, self.max_upload_bytes)
+            token = image_token(pixels)
+            with self._lock:
+                self._images[token] = pixels
+                self._images.move_to_end(token)
+                while len(self._images) > self.capacity:
+                    self._images.popitem(last=False)
+            return pixels, token
+        with self._lock:
+            pixels = self._images.get(token or "")
+            if pixels is not None:
+                self._images.move_to_end(token)  # type: ignore[arg-type]
+        if pixels is None:
+            raise ImageError(f"image_token {token!r} is unknown here (or expired); send the image as image_base64", 404)
+        return pixels, token  # type: ignore[return-value]

@@ -1,0 +1,171 @@
+"""The service's active model: which checkpoint serves, how it is swapped, and how it survives restarts.
+
+The active checkpoint is recorded in a pointer file (JSON, `<runs_root>/active_model.json` by default, written
+atomically). Every request stats the file (one syscall): when another process rewrote it (the pipeline's
+`local` backend mode, or a second `sam3lite serve` sharing the runs root), the new checkpoint is loaded before
+the request is answered, and a restarted service starts with it. A checkpoint is always loaded *before* it is
+swapped in under a lock, so a bad file leaves the previous model serving, and requests already running keep
+the `Serving` record they started with (its model and its lock) until they finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sam3lite_core.predictor import Predictor
+from sam3lite_core.serve.schemas import ActiveModel
+
+POINTER_NAME = "active_model.json"
+SEGMENTATION_UNSUPPORTED = (
+    "enable_segmentation=true is not supported: sam3lite serves box-only SAM3 checkpoints (no mask head); "
+    "activate with enable_segmentation false"
+)
+log = logging.getLogger(__name__)
+
+
+class ActivationError(ValueError):
+    """A refused activation; `status` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Serving:
+    """One loaded model and its description. Inference on it holds `lock`: the model's prompt cache is not
+    thread-safe, and one CPU forward at a time is also the fastest way to share the cores."""
+
+    active: ActiveModel
+    predictor: Predictor | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def write_pointer(path: Path, active: ActiveModel) -> None:
+    """Write the pointer file atomically (temporary file in the same folder, then rename)."""
+    record = active.model_dump() | {"activated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class ModelState:
+    """The active model of one service process; thread-safe."""
+
+    def __init__(
+        self, runs_root: Path, *, base_checkpoint: Path | None = None, pointer: Path | None = None,
+        device: str = "cpu", precision: str = "fp32",
+    ) -> None:
+        self.runs_root = runs_root.resolve()
+        self.base_checkpoint = base_checkpoint
+        self.pointer = pointer or self.runs_root / POINTER_NAME
+        self.device, self.precision = device, precision
+        self._swap_lock = threading.Lock()  # guards _serving and _stamp
+        self._load_lock = threading.Lock()  # one load at a time (activation or pointer reload)
+        self._stamp: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the pointer file last read
+        self._serving = Serving(self._base_description(), None)
+        if base_checkpoint is not None and not self.pointer.exists():
+            self._serving = Serving(self._base_description(), self._load(base_checkpoint))
+        self.refresh()
+
+    def current(self) -> Serving:
+        """The model to answer a request with, after picking up a pointer file another process rewrote."""
+        self.refresh()
+        with self._swap_lock:
+            return self._serving
+
+    def activate(self, checkpoint_path: str | None, label: str | None, enable_segmentation: bool | None) -> ActiveModel:
+        """Load, swap in and record a run's checkpoint (None: the base weights). Raises ActivationError."""
+        if enable_segmentation:
+            raise ActivationError(SEGMENTATION_UNSUPPORTED)
+        if checkpoint_path is None:
+            if self.base_checkpoint is None:
+                raise ActivationError(
+                    "no base weights are configured, so there is nothing to go back to: start `sam3lite serve` "
+                    "with --base-checkpoint PATH (or set SAM3_CHECKPOINT_PATH), or activate a run's checkpoint",
+                    status=409,
+                )
+            path, active = self.base_checkpoint, self._base_description(label)
+        else:
+            path = self.resolve_checkpoint(checkpoint_path)
+            active = ActiveModel(id=label or path.stem, label=label or path.stem, checkpoint=str(path), source="custom")
+        with self._load_lock:
+            predictor = self._load(path)
+            with self._swap_lock:
+                self._serving = Serving(active, predictor)
+                write_pointer(self.pointer, active)
+                self._stamp = self._stat()
+        log.info("activated %s (%s)", active.id, active.checkpoint)
+        return active
+
+    def resolve_checkpoint(self, checkpoint_path: str) -> Path:
+        """The checkpoint as a regular, non-symlink file inside the runs root; ActivationError otherwise."""
+        given = Path(checkpoint_path)
+        path = given if given.is_absolute() else self.runs_root / given
+        if not path.exists():
+            raise ActivationError(f"sam3_checkpoint_not_found: {checkpoint_path} does not exist", status=404)
+        resolved = path.resolve()
+        if path.is_symlink() or not resolved.is_file() or not resolved.is_relative_to(self.runs_root):
+            raise ActivationError(
+                f"sam3_checkpoint_path_invalid: {checkpoint_path} must be a regular file (not a symlink) inside "
+                f"the runs root {self.runs_root}, e.g. <run>/checkpoints/export.ckpt"
+            )
+        return resolved
+
+    def refresh(self) -> None:
+        """Follow the pointer file when it changed since it was last read (written here or elsewhere)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        with self._load_lock:
+            stamp = self._stat()
+            if stamp == self._stamp or stamp is None:
+                self._stamp = stamp
+                return
+            try:
+                active = ActiveModel.model_validate_json(self.pointer.read_text())
+                # Another process's pointer obeys the same rule as an activation: a file inside the runs root.
+                path = self.base_checkpoint
+                if active.source == "custom":
+                    path = self.resolve_checkpoint(active.checkpoint or "")
+                serving = Serving(active, self._load(path) if path is not None else None)
+            except (OSError, ValueError) as exc:
+                # A bad pointer must not take the service down: keep serving and do not retry until it changes.
+                log.error("ignoring pointer file %s: %s; the previous model keeps serving", self.pointer, exc)
+                serving = None
+            with self._swap_lock:
+                if serving is not None:
+                    self._serving = serving
+                self._stamp = stamp
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        # The inode changes at every atomic rewrite, even one within the file system's mtime granularity.
+        try:
+            info = self.pointer.stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _load(self, path: Path) -> Predictor:
+        try:
+            return Predictor.from_checkpoint(path, device=self.device, precision=self.precision)
+        except FileNotFoundError as exc:
+            raise ActivationError(f"sam3_checkpoint_not_found: {exc}", status=404) from exc
+        except ValueError as exc:
+            raise ActivationError(f"checkpoint {path} cannot be served: {exc}") from exc
+
+    def _base_description(self, label: str | None = None) -> ActiveModel:
+        if self.base_checkpoint is None:
+            return ActiveModel(id="default", label="no model", checkpoint=None, source="none")
+        return ActiveModel(id=label or "Base SAM3", label=label or "Base SAM3", checkpoint=str(self.base_checkpoint),
+                           source="env")
