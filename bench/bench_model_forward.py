@@ -27,6 +27,8 @@ Run:  .venv/bin/python bench/bench_model_forward.py                    (vendor f
       .venv/bin/python bench/bench_model_forward.py --resolution 504   (quicker dry run: upstream built at 504 px
                                                                         through tests/vendor_detector.py)
       .venv/bin/python bench/bench_model_forward.py --preset small     (seconds; checks the plumbing)
+      .venv/bin/python bench/bench_model_forward.py --repeat 3         (shared machine: 3 rounds of children,
+                                                                        each side's fastest cold forward counts)
 The RESULT line is ours in bf16 against the vendor in fp32 (the configuration recommended for CPU inference);
 the fp32 comparison is printed on the line before it. Needs the `vendor` extra.
 """
@@ -248,25 +250,34 @@ def parent_main(args: argparse.Namespace) -> None:
     cfg = resolve_config(args.preset).with_resolution(args.resolution)
     print(
         f"preset {args.preset} at {cfg.vision.image_size} px, {args.prompts} prompts on one image, "
-        f"{args.threads} threads, one forward per side (text encoding included), torch {torch.__version__}"
+        f"{args.threads} threads, one cold forward per child (text encoding included), {args.repeat} round(s), "
+        f"torch {torch.__version__}"
     )
+    runs: dict[str, list[dict]] = {"vendor": [], **{p: [] for p in precisions}}
     with tempfile.TemporaryDirectory(prefix="sam3lite-bench-") as tmp:
         weights = Path(tmp) / "weights.pt"
-        vendor = run_child("vendor", args, weights, Path(tmp) / "vendor.pt")
-        print(describe("vendor fp32", vendor), flush=True)
-        ours = {}
-        for precision in precisions:
-            ours[precision] = run_child("ours", args, weights, Path(tmp) / f"ours_{precision}.pt", precision)
-            print(describe(f"ours {precision}", ours[precision]), flush=True)
+        for _ in range(args.repeat):
+            runs["vendor"].append(run_child("vendor", args, weights, Path(tmp) / "vendor.pt"))
+            print(describe("vendor fp32", runs["vendor"][-1]), flush=True)
+            for precision in precisions:
+                runs[precision].append(run_child("ours", args, weights, Path(tmp) / "ours.pt", precision))
+                print(describe(f"ours {precision}", runs[precision][-1]), flush=True)
+    # Another process can only slow a run down: each side's fastest round is its least disturbed one.
+    best = {side: min(results, key=lambda r: r["seconds"]) for side, results in runs.items()}
+    if args.repeat > 1:
+        for side, results in runs.items():
+            seconds = [round(r["seconds"], 2) for r in results]
+            print(f"{side:>6} rounds (s): {seconds}, best {best[side]['seconds']:.2f}")
+    vendor = best.pop("vendor")
     lines = {}
-    for precision, result in ours.items():
+    for precision, result in best.items():
         diffs = max_abs_diffs(result["outputs"], vendor["outputs"])
         print(f"ours {precision} vs vendor fp32, max abs diff: {json.dumps({k: f'{v:.3g}' for k, v in diffs.items()})}")
         if precision == "fp32" and max(diffs.values()) > FP32_TOLERANCE:
             raise SystemExit(f"ours in fp32 differs from the vendor by more than {FP32_TOLERANCE}: {diffs}")
         lines[precision] = result_line(result, vendor, precision, args, diffs)
-    if "fp32" in ours and "bf16" in ours:
-        diffs = max_abs_diffs(ours["bf16"]["outputs"], ours["fp32"]["outputs"])
+    if "fp32" in best and "bf16" in best:
+        diffs = max_abs_diffs(best["bf16"]["outputs"], best["fp32"]["outputs"])
         print(f"ours bf16 vs ours fp32, max abs diff: {json.dumps({k: f'{v:.3g}' for k, v in diffs.items()})}")
     final = RECOMMENDED if RECOMMENDED in lines else precisions[-1]
     for precision, line in lines.items():
@@ -282,6 +293,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, choices=range(1, len(PROMPTS) + 1))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="both", choices=[*PRECISIONS, "both"], help="ours (vendor: fp32)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of children; each side reports its fastest (shared machines)"
+    )
     parser.add_argument("--child", choices=["vendor", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

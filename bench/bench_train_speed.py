@@ -1,7 +1,7 @@
 """Training throughput: our training step against the vendor's, same model dims, same batch, same threads.
 
     .venv/bin/python bench/bench_train_speed.py [--preset small] [--resolution R] [--batch-size B]
-                                                [--steps N] [--warmup W]
+        [--steps N] [--warmup W]
 
 One batch of B synthetic images (`sam3lite synth`, 4 classes, so 4*B find queries) at the preset's resolution
 (336 px for small), fed again and again, so only the step is timed:
@@ -13,7 +13,8 @@ One batch of B synthetic images (`sam3lite synth`, 4 classes, so 4*B find querie
     focal loss in torch instead of its CUDA-only Triton kernel), backward, clip 0.1 and AdamW; activation
     checkpointing as upstream builds it (on).
 Both sides run W warm-up steps, then N timed steps; images/s = B / median step time. The peak RSS (CPU; reset
-between sides) or peak CUDA memory is printed per side, model build included. ratio = ours (default settings) / vendor. Needs the `vendor` extra.
+between sides) or peak CUDA memory is printed per side, model build included. ratio = ours (default settings) /
+vendor. Needs the `vendor` extra.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# A shared machine: busy-waiting OpenMP threads collapse under any competing process (bench_train_quality.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import vendor_detector  # noqa: E402

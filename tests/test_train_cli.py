@@ -85,7 +85,8 @@ def test_export_command(cli_run, capsys, tmp_path):
     ema, raw = (torch.load(tmp_path / name, weights_only=True) for name in ("ema.ckpt", "raw.ckpt"))
     active = torch.load(run / "checkpoints" / "export.ckpt", weights_only=True)
     key = "detector.dot_prod_scoring.prompt_proj.weight"
-    assert torch.equal(ema["model"][key], active["model"][key]) and not torch.equal(raw["model"][key], ema["model"][key])
+    assert torch.equal(ema["model"][key], active["model"][key])
+    assert not torch.equal(raw["model"][key], ema["model"][key])
     assert cli.main(["export", "--checkpoint", str(tmp_path)]) == 2
 
 

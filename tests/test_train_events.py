@@ -13,7 +13,9 @@ from sam3lite_core.train.events import (
 
 NUM = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
 TRAIN_RE = re.compile(r"Train Epoch:\s*\[(\d+)\]\[\s*(\d+)\s*/\s*(\d+)\]")
-LOSS_RE = re.compile(rf"Losses/train_all_loss:\s*(?:(?:last|batch)=)?({NUM})(?:.*?(?:avg\d*=?\s*({NUM})|\(\s*({NUM})\s*\)))?")
+LOSS_RE = re.compile(
+    rf"Losses/train_all_loss:\s*(?:(?:last|batch)=)?({NUM})(?:.*?(?:avg\d*=?\s*({NUM})|\(\s*({NUM})\s*\)))?"
+)
 VAL_RE = re.compile(r"Val Epoch:\s*\[(\d+)\]\[\s*(\d+)\s*/\s*(\d+)\]")
 PAIR_RE = re.compile(rf"'([^']+)':\s*np\.float64\(({NUM})\)")
 EPOCH_RE = re.compile(r"'Trainer/epoch':\s*(\d+)")

@@ -37,7 +37,8 @@ def _split(args: argparse.Namespace) -> tuple[str, str]:
         return str(source), args.images_root or str(source.parent)
     from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 
-    result = convert_dataset(source, args.cache_dir, ConvertSettings(val_fraction=args.val_percent, seed=args.split_seed))
+    settings = ConvertSettings(val_fraction=args.val_percent, seed=args.split_seed)
+    result = convert_dataset(source, args.cache_dir, settings)
     if args.split == "val":
         return result.val_json, result.val_images_root
     return result.train_json, result.train_images_root

@@ -140,7 +140,8 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
     val = None
     if data_result.counts.val_images:
         val_json = limited_coco(data_result.val_json, cfg.val_limit, cfg.split_seed, cache)
-        val = ValSplit(val_json, data_result.val_images_root, min(data_result.counts.val_images, cfg.val_limit or 1 << 62))
+        count = min(data_result.counts.val_images, cfg.val_limit or data_result.counts.val_images)
+        val = ValSplit(val_json, data_result.val_images_root, count)
 
     model = build_model_for(cfg, info.device, emit)
     torch.manual_seed(cfg.seed + info.rank)  # per-rank stream for dropout and the like

@@ -27,9 +27,8 @@ def start_or_resume(c: Components) -> tuple[TrainState, int | None]:
         c.ema.load_state_dict(ckpt["ema"])
     c.miner.load_state_dict(ckpt["miner"], c.info.rank)
     state = TrainState.from_dict(ckpt["train_state"])
-    if c.cfg.time_limit_minutes is None:  # max_epochs may have changed
-        state.total_steps = c.planned_steps
-    c.schedule.total_steps = state.total_steps
+    # max_epochs may have changed; a time budget refits the horizon after a few steps (fit_horizon).
+    state.total_steps = c.schedule.total_steps = c.planned_steps
     if len(ckpt["rng"]) == c.info.world_size:
         restore_rng(ckpt["rng"][c.info.rank])
     else:
