@@ -22,6 +22,7 @@ from sam3lite_core.model.text_encoder import LanguageBackbone
 from sam3lite_core.model.vit import ViT
 from sam3lite_core.tokenizer import Tokenizer
 from reference_keys import reference_keys
+from vendor_detector import vendor_vit
 from vendor_harness import vendor_class, vendor_tokenizer
 
 TOL = 1e-5
@@ -31,36 +32,6 @@ TINY = PRESETS["tiny"]
 UNEVEN = replace(
     TINY.vision, image_size=126, depth=3, global_blocks=(1,), mlp_ratio=4.625, drop_path=0.2
 )
-
-
-def vendor_vit(vision: VisionConfig) -> torch.nn.Module:
-    """Upstream ViT with `_create_vit_backbone`'s arguments and our dims."""
-    return vendor_class("sam3.model.vitdet", "ViT")(
-        img_size=vision.image_size,
-        pretrain_img_size=vision.pretrain_image_size,
-        patch_size=vision.patch_size,
-        embed_dim=vision.width,
-        depth=vision.depth,
-        num_heads=vision.heads,
-        mlp_ratio=vision.mlp_ratio,
-        norm_layer="LayerNorm",
-        drop_path_rate=vision.drop_path,
-        qkv_bias=True,
-        use_abs_pos=True,
-        tile_abs_pos=True,
-        global_att_blocks=vision.global_blocks,
-        rel_pos_blocks=(),
-        use_rope=True,
-        use_interp_rope=True,
-        window_size=vision.window_size,
-        pretrain_use_cls_token=True,
-        retain_cls_token=False,
-        ln_pre=True,
-        ln_post=False,
-        return_interm_layers=False,
-        bias_patch_embed=False,
-        use_act_checkpoint=False,
-    )
 
 
 def vendor_sine(dim: int) -> torch.nn.Module:

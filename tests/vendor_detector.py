@@ -9,7 +9,7 @@ from torch import nn
 
 import bpe
 import vendor_harness
-from sam3lite_core.model.config import ModelConfig, TransformerConfig
+from sam3lite_core.model.config import ModelConfig, TransformerConfig, VisionConfig
 
 V = vendor_harness.vendor_class
 
@@ -120,34 +120,40 @@ def scoring(t: TransformerConfig) -> nn.Module:
     )
 
 
-def image_model(cfg: ModelConfig) -> nn.Module:
-    """Upstream `Sam3Image` (box-only, eval mode, no matcher) at the config's dims."""
-    v, x, t = cfg.vision, cfg.text, cfg.transformer
-    trunk = V("sam3.model.vitdet", "ViT")(
-        img_size=v.image_size,
-        pretrain_img_size=v.pretrain_image_size,
-        patch_size=v.patch_size,
-        embed_dim=v.width,
-        depth=v.depth,
-        num_heads=v.heads,
-        mlp_ratio=v.mlp_ratio,
+def vendor_vit(vision: VisionConfig) -> nn.Module:
+    """Upstream ViT with `_create_vit_backbone`'s arguments and our dims."""
+    return V("sam3.model.vitdet", "ViT")(
+        img_size=vision.image_size,
+        pretrain_img_size=vision.pretrain_image_size,
+        patch_size=vision.patch_size,
+        embed_dim=vision.width,
+        depth=vision.depth,
+        num_heads=vision.heads,
+        mlp_ratio=vision.mlp_ratio,
         norm_layer="LayerNorm",
-        drop_path_rate=v.drop_path,
+        drop_path_rate=vision.drop_path,
         qkv_bias=True,
         use_abs_pos=True,
         tile_abs_pos=True,
-        global_att_blocks=v.global_blocks,
+        global_att_blocks=vision.global_blocks,
         rel_pos_blocks=(),
         use_rope=True,
         use_interp_rope=True,
-        window_size=v.window_size,
+        window_size=vision.window_size,
         pretrain_use_cls_token=True,
         retain_cls_token=False,
         ln_pre=True,
         ln_post=False,
         return_interm_layers=False,
         bias_patch_embed=False,
+        use_act_checkpoint=False,
     )
+
+
+def image_model(cfg: ModelConfig) -> nn.Module:
+    """Upstream `Sam3Image` (box-only, eval mode, no matcher) at the config's dims."""
+    v, x, t = cfg.vision, cfg.text, cfg.transformer
+    trunk = vendor_vit(v)
     neck = V("sam3.model.necks", "Sam3DualViTDetNeck")(
         position_encoding=sine(t.d_model), d_model=t.d_model, scale_factors=list(v.neck_scales), trunk=trunk
     )
