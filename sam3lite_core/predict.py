@@ -109,7 +109,7 @@ def predict(
     boxes   float [Nq, 4]  xyxy in pixels of the input image (all Nq = num_queries queries, unthresholded)
     scores  float [Nq]     sigmoid(pred_logit) * sigmoid(presence_logit), in [0, 1]
 
-    `precision` is "fp32" (upstream's numerics) or "bf16" (autocast, model/precision.py: about 1.7x faster on
+    `precision` is "fp32" (upstream's numerics) or "bf16" (autocast, model/precision.py: about 1.6x faster on
     a CPU with AVX512-BF16 or AMX; scores and normalised boxes move by bf16 rounding, about 1e-2).
     """
     if isinstance(prompts, (str, Mapping)):
