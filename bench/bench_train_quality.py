@@ -31,32 +31,10 @@ from sam3lite_core.data.synth import write_synth  # noqa: E402
 from sam3lite_core.train.config import TrainConfig  # noqa: E402
 from sam3lite_core.train.events import Event  # noqa: E402
 from sam3lite_core.train.loop import train  # noqa: E402
+from sam3lite_core.train.recipes import CPU_FROM_SCRATCH  # noqa: E402
 
 GOAL_AP50 = 0.5
-CONFIG = {
-    "preset": "small",
-    # 168 px and 4 images a step: ~0.8 s per step on 2 cores, so ~700 optimiser steps in 10 minutes; from scratch
-    # the number of updates matters more than the pixels (the smallest shapes are ~8 px here).
-    "resolution": 168,
-    "train_batch_size": 4,
-    "val_batch_size": 8,
-    "max_epochs": 1000,  # the time budget ends the run
-    "lr_scale": 0.5,
-    "lr_language_backbone": 8e-4,  # the random text encoder must learn as fast as the rest
-    "lrd_vision_backbone": 1.0,  # no layer decay: the trunk is not pretrained
-    "scheduler_warmup": 50,
-    "scheduler_timescale": 1000,  # nearly flat, then the cooldown fitted to the end of the budget
-    "scheduler_cooldown": 150,
-    "val_epoch_freq": 3,
-    "skip_first_val": True,
-    "ema": True,
-    "ema_decay": 0.99,  # a short run: average over ~100 steps, not thousands
-    "ema_tau": 50,
-    "num_train_workers": 0,
-    "num_val_workers": 0,
-    "log_freq": 10,
-    "seed": 0,
-}
+CONFIG = {**CPU_FROM_SCRATCH, "log_freq": 10, "seed": 0}
 
 
 def run_budget(dataset: Path, runs: Path, minutes: float, overrides: list[str]) -> dict:

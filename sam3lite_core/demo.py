@@ -20,28 +20,7 @@ from PIL import Image
 from sam3lite_core.data import SYNTH_CLASSES, convert_dataset, write_synth
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.events import ConsolePrinter
-
-# From scratch on 2 CPU cores (the recipe bench/bench_train_quality.py measures): many small, cheap steps beat
-# few large ones, so low resolution and small batches; lr without layer decay (nothing is pretrained); a short EMA.
-DEMO_RECIPE = {
-    "preset": "small",
-    "resolution": 168,
-    "train_batch_size": 4,
-    "val_batch_size": 8,
-    "max_epochs": 1000,  # the time budget ends the run
-    "lr_scale": 0.5,
-    "lr_language_backbone": 8e-4,
-    "lrd_vision_backbone": 1.0,
-    "scheduler_warmup": 50,
-    "scheduler_timescale": 1000,
-    "scheduler_cooldown": 150,
-    "val_epoch_freq": 3,
-    "ema": True,
-    "ema_decay": 0.99,
-    "ema_tau": 50,
-    "num_train_workers": 0,
-    "num_val_workers": 0,
-}
+from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
 
 
 def main() -> int:
@@ -62,7 +41,7 @@ def main() -> int:
     from sam3lite_core.train.loop import train
 
     config = TrainConfig.parse(
-        {**DEMO_RECIPE, "dataset": str(dataset), "runs_root": str(workspace / "runs"), "cache_dir": str(cache),
+        {**CPU_FROM_SCRATCH, "dataset": str(dataset), "runs_root": str(workspace / "runs"), "cache_dir": str(cache),
          "time_limit_minutes": minutes},
         source="demo recipe",
     )
