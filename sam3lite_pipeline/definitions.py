@@ -1,7 +1,55 @@
 """The `sam3lite` code location (workspace.yaml): assembles assets, checks, jobs, sensors, schedules and
-resources into `defs`, and nothing else. The asset graph arrives with the pipeline issue; until then the
-location loads empty so the workspace, the webserver and `dagster job` commands work against it."""
+resources into `defs`, and nothing else.
+
+Resource defaults come from the environment, so one code location serves a laptop and a GPU host alike:
+  SAM3LITE_HOME            root of the three storage folders below (default ./sam3lite_home)
+  SAM3LITE_DATASETS        datasets root, one folder per dataset id (default $SAM3LITE_HOME/datasets)
+  SAM3LITE_CACHE           conversion and signature caches (default $SAM3LITE_HOME/cache)
+  SAM3LITE_RUNS            run folders and the active-model pointer (default $SAM3LITE_HOME/runs); in tator mode
+                           the backend's uploads/sam3_runs
+  SAM3LITE_TRAIN_DEFAULTS  YAML of pipeline-wide training defaults (optional)
+  SAM3LITE_BACKEND         local | tator (default local); SAM3LITE_BACKEND_URL, SAM3LITE_BACKEND_TOKEN (tator)
+  SAM3LITE_NPROC_PER_NODE  training processes (default 1)
+Every value can also be changed per run in the launchpad (resources: <name>: config:).
+"""
+
+import os
+from pathlib import Path
 
 import dagster as dg
 
-defs = dg.Definitions()
+from sam3lite_pipeline.assets.activation import active_checkpoint
+from sam3lite_pipeline.assets.dataset import coco_dataset, staged_dataset
+from sam3lite_pipeline.assets.evaluation import evaluation
+from sam3lite_pipeline.assets.training import trained_model
+from sam3lite_pipeline.jobs import activate, evaluate, retrain
+from sam3lite_pipeline.resources import Backend, Gates, StorageRoots, TrainLauncher
+
+
+def _resources() -> dict[str, dg.ConfigurableResource]:
+    env = os.environ
+    home = Path(env.get("SAM3LITE_HOME", "sam3lite_home"))
+    backend = Backend(
+        mode=env.get("SAM3LITE_BACKEND", "local"),
+        url=env.get("SAM3LITE_BACKEND_URL"),
+        # An EnvVar is resolved when the run starts and shown by name, never by value, in the UI.
+        token=dg.EnvVar("SAM3LITE_BACKEND_TOKEN") if env.get("SAM3LITE_BACKEND_TOKEN") else None,
+    )
+    return {
+        "storage": StorageRoots(
+            datasets=env.get("SAM3LITE_DATASETS", str(home / "datasets")),
+            cache=env.get("SAM3LITE_CACHE", str(home / "cache")),
+            runs=env.get("SAM3LITE_RUNS", str(home / "runs")),
+            train_defaults=env.get("SAM3LITE_TRAIN_DEFAULTS"),
+        ),
+        "launcher": TrainLauncher(nproc_per_node=int(env.get("SAM3LITE_NPROC_PER_NODE", "1"))),
+        "gates": Gates(),
+        "backend": backend,
+    }
+
+
+defs = dg.Definitions(
+    assets=[staged_dataset, coco_dataset, trained_model, evaluation, active_checkpoint],
+    jobs=[retrain, evaluate, activate],
+    resources=_resources(),
+)

@@ -7,11 +7,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from serve_harness import AUTH, Server
 from train_helpers import make_dataset, threads, tiny_config
 
 from sam3lite_core.checkpoint import save_checkpoint
@@ -26,45 +24,6 @@ from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.serve.schemas import ActiveModel
 from sam3lite_core.serve.state import POINTER_NAME, ModelState, write_pointer
 from sam3lite_core.train.loop import train
-
-TOKEN = "s3cret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class Server:
-    """`sam3lite serve` in a subprocess on a free loopback port."""
-
-    def __init__(self, runs: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        env = os.environ | {"SAM3LITE_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-        env.pop("SAM3_CHECKPOINT_PATH", None)
-        # Logs go to a file: a full pipe nobody reads would block the server.
-        self.log = runs.parent / f"serve-{port}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sam3lite_core.cli", "serve", "--runs-root", str(runs), "--port", str(port),
-                 "--device", "cpu", "--max-upload-mb", "0.25"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                self.client.get("/health")
-                return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start in 60 s")
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:

@@ -26,12 +26,12 @@ from torchvision.ops import box_iou
 
 from sam3lite_core.predict import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
-from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache, ImageError
+from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache
 from sam3lite_core.serve.schemas import (
     ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ModelEntry, PromptResponse,
     TextPromptBatchRequest, TextPromptRequest, VisualPromptRequest, ImageRequest,
 )
-from sam3lite_core.serve.state import ActivationError, ModelState
+from sam3lite_core.serve.state import ModelState, model_entries
 
 TOKEN_ENV = "SAM3LITE_SERVE_TOKEN"
 VISUAL_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes only
@@ -131,22 +131,5 @@ def _response(
 
 
 def list_models(state: ModelState) -> list[ModelEntry]:
-    """The backend's listing: base entry, then the active custom checkpoint, then each run with checkpoints
-    (path = checkpoints/last.ckpt, else the newest .ckpt)."""
-    active = state.current().active
-    base = state.base_checkpoint
-    entries = [ModelEntry(id="Base SAM3", key="base", path=str(base) if base else None,
-                          active=active.source == "env", source="env")]
-    if active.source == "custom":
-        entries.append(ModelEntry(id=active.id, key=f"active:{active.checkpoint}", path=active.checkpoint,
-                                  active=True, source="custom"))
-    runs = sorted(p for p in state.runs_root.iterdir() if p.is_dir()) if state.runs_root.is_dir() else []
-    for run in runs:
-        checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not checkpoints:
-            continue
-        last = run / "checkpoints" / "last.ckpt"
-        path = last if last in checkpoints else checkpoints[-1]
-        entries.append(ModelEntry(id=run.name, path=str(path), size_bytes=path.stat().st_size, promoted=False,
-                                  active=False, run_path=str(run)))
-    return entries
+    """The backend's listing: base entry, then the active custom checkpoint, then each run with checkpoints."""
+    return model_entries(state.current().active, state.base_checkpoint, state.runs_root)

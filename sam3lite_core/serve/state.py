@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sam3lite_core.predictor import Predictor
-from sam3lite_core.serve.schemas import ActiveModel
+from sam3lite_core.serve.schemas import ActiveModel, ModelEntry
 
 POINTER_NAME = "active_model.json"
 SEGMENTATION_UNSUPPORTED = (
@@ -46,6 +46,34 @@ class Serving:
     active: ActiveModel
     predictor: Predictor | None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def read_pointer(path: Path) -> ActiveModel | None:
+    """The active model a pointer file records; None when there is no pointer file."""
+    try:
+        return ActiveModel.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def model_entries(active: ActiveModel, base_checkpoint: Path | None, runs_root: Path) -> list[ModelEntry]:
+    """The backend's model listing: base entry, then the active custom checkpoint, then each run with
+    checkpoints (path = checkpoints/last.ckpt, else the newest .ckpt)."""
+    entries = [ModelEntry(id="Base SAM3", key="base", path=str(base_checkpoint) if base_checkpoint else None,
+                          active=active.source == "env", source="env")]
+    if active.source == "custom":
+        entries.append(ModelEntry(id=active.id, key=f"active:{active.checkpoint}", path=active.checkpoint,
+                                  active=True, source="custom"))
+    runs = sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
+    for run in runs:
+        checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not checkpoints:
+            continue
+        last = run / "checkpoints" / "last.ckpt"
+        path = last if last in checkpoints else checkpoints[-1]
+        entries.append(ModelEntry(id=run.name, path=str(path), size_bytes=path.stat().st_size, promoted=False,
+                                  active=False, run_path=str(run)))
+    return entries
 
 
 def write_pointer(path: Path, active: ActiveModel) -> None:
@@ -133,7 +161,9 @@ class ModelState:
                 self._stamp = stamp
                 return
             try:
-                active = ActiveModel.model_validate_json(self.pointer.read_text())
+                active = read_pointer(self.pointer)
+                if active is None:
+                    raise FileNotFoundError(f"{self.pointer} disappeared")
                 # Another process's pointer obeys the same rule as an activation: a file inside the runs root.
                 path = self.base_checkpoint
                 if active.source == "custom":

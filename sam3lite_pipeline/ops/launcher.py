@@ -1,0 +1,161 @@
+"""The training launcher: runs the training entry (torchrun for more than one process) under Dagster Pipes, in a
+process group of its own, so that the whole tree can be stopped.
+
+Dagster's PipesSubprocessClient forwards a cancellation to its direct child only; torchrun's workers would be
+left running with the GPU (reference/dagster_facts.md section 6). Here the child starts a new session, and a
+cancellation, the wall-clock limit or any error on our side sends SIGTERM to the whole group, then SIGKILL to
+what is left after a grace period. SIGTERM never tears a checkpoint: they are written to a temporary file and
+renamed. The child's stdout/stderr go to the step's captured logs as they come; the last lines are kept for the
+error message when it exits non-zero.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+from sam3lite_pipeline.resources import TrainLauncher
+
+LAUNCH_ID_ENV = "SAM3LITE_LAUNCH_ID"  # set in every training process; tests and operators find the tree by it
+ENTRY = ("-m", "sam3lite_pipeline.ops.train_entry")
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What came back from a finished training process tree."""
+
+    launch_id: str
+    pid: int
+    wall_s: float
+    custom_messages: list[Any]
+
+
+def training_command(launcher: TrainLauncher, config_file: str) -> list[str]:
+    """The command line: plain python for one process, torchrun (as `python -m torch.distributed.run`, so the
+    same interpreter and environment) otherwise."""
+    entry = [*ENTRY, "--config", config_file]
+    if launcher.nproc_per_node * launcher.nnodes == 1:
+        return [sys.executable, *entry]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launcher.nproc_per_node}"]
+    if launcher.nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += [f"--nnodes={launcher.nnodes}", f"--node-rank={launcher.node_rank}",
+                    f"--master-addr={launcher.master_addr}", f"--master-port={launcher.master_port}"]
+    return command + entry
+
+
+def stop_group(pgid: int, process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to every process of the group, SIGKILL after `grace_s` to whatever is still there."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        process.poll()  # reap the leader, or it stays in the group as a zombie
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pump(stream: Any, tail: collections.deque[str]) -> None:
+    """Copy the child's output to our stdout (the step's captured logs) and keep the last lines."""
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        tail.append(line.rstrip("\n"))
+
+
+def launch_training(
+    context: dg.AssetExecutionContext,
+    launcher: TrainLauncher,
+    command: Sequence[str],
+    *,
+    extras: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Launched:
+    """Run `command` in its own process group inside a Pipes session; raise dg.Failure when it exits non-zero
+    or passes the wall-clock limit, and stop the whole group on cancellation or any error here."""
+    launch_id = uuid.uuid4().hex
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    limit_s = launcher.wall_clock_limit_minutes * 60 if launcher.wall_clock_limit_minutes else None
+    with dg.open_pipes_session(
+        context=context,
+        context_injector=dg.PipesEnvContextInjector(),
+        message_reader=dg.PipesTempFileMessageReader(),
+        extras=dict(extras or {}),
+    ) as session:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            list(command),
+            env={**os.environ, **(env or {}), **session.get_bootstrap_env_vars(), LAUNCH_ID_ENV: launch_id},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,  # its own process group: torchrun and its workers go down together
+        )
+        pgid = process.pid
+        context.log.info(f"training started: pid {process.pid} (process group {pgid}), {LAUNCH_ID_ENV}={launch_id}: "
+                         f"{' '.join(command)}")
+        pump = threading.Thread(target=_pump, args=(process.stdout, tail), daemon=True)
+        pump.start()
+        try:
+            while process.poll() is None:
+                if limit_s is not None and time.monotonic() - started > limit_s:
+                    stop_group(pgid, process, launcher.termination_grace_s)
+                    raise dg.Failure(
+                        description=f"training passed the launcher's wall-clock limit of "
+                        f"{launcher.wall_clock_limit_minutes:g} min and was stopped; the last complete checkpoint "
+                        f"is kept. Raise TrainLauncher.wall_clock_limit_minutes or lower time_limit_minutes.",
+                        metadata={"last_lines": dg.MetadataValue.md(_code(tail))},
+                    )
+                time.sleep(0.5)  # short sleeps: a cancellation interrupts us between them
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+            context.log.warning(f"run cancelled: stopping training process group {pgid}")
+            stop_group(pgid, process, launcher.termination_grace_s)
+            raise
+        finally:
+            if process.poll() is None:
+                stop_group(pgid, process, launcher.termination_grace_s)
+            pump.join(timeout=5)
+        wall_s = time.monotonic() - started
+        if process.returncode != 0:
+            raise dg.Failure(
+                description=f"training exited with code {process.returncode} after {wall_s:.0f} s; last lines:\n"
+                + "\n".join(list(tail)[-15:]),
+                metadata={"last_lines": dg.MetadataValue.md(_code(tail)), "exit_code": process.returncode},
+            )
+        # Stragglers after a clean exit (a worker that ignored torchrun's teardown) must not outlive the step.
+        if _group_alive(pgid):
+            stop_group(pgid, process, launcher.termination_grace_s)
+    return Launched(launch_id, process.pid, wall_s, list(session.get_custom_messages()))
+
+
+def _code(lines: collections.deque[str]) -> str:
+    return "```\n" + "\n".join(lines) + "\n```"

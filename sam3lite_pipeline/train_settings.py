@@ -1,0 +1,105 @@
+"""The training configuration of a run, in three layers: pipeline defaults (`StorageRoots.train_defaults`, a
+YAML file), then the dataset's own `<dataset>/sam3lite.yaml`, then the run config of `trained_model`.
+
+`TrainingConfig` is the run config the launchpad, `dagster job execute -c run.yaml` and GraphQL `runConfigData`
+accept under `ops: {trained_model: {config: ...}}`: every tunable of `TrainConfig`, each optional (unset = the
+layer below decides). It is generated from `TrainConfig`, so a new tunable appears here without a second list.
+Dagster checks names and types when the run is launched; `resolve_train_config` then validates values with
+`TrainConfig`'s own rules and names the layer a bad value came from.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+from pydantic import Field, create_model
+
+from sam3lite_core.train.config import ConfigError, TrainConfig
+
+DATASET_CONFIG = "sam3lite.yaml"
+# Where the run goes and what it reads: the pipeline decides, not a config layer.
+PIPELINE_OWNED = ("dataset", "runs_root", "run_name", "resume", "cache_dir")
+# The train/val split: `coco_dataset` converts with it before training, so training and evaluation see the same
+# val set; settable in the defaults file and the dataset's sam3lite.yaml, not in trained_model's run config.
+SPLIT_FIELDS = ("val_percent", "split_seed")
+
+
+def _dagster_type(annotation: Any) -> Any:
+    """A Dagster-config-compatible annotation: Literal becomes str (TrainConfig checks the choice later)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if typing.get_origin(annotation) is dict:
+        return dict[str, Any]
+    if len(args) == 1 and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _dagster_type(args[0])
+    return annotation
+
+
+def _config_fields() -> dict[str, Any]:
+    fields = {}
+    for name, info in TrainConfig.model_fields.items():
+        if name in PIPELINE_OWNED or name in SPLIT_FIELDS:
+            continue
+        text = info.description or ""
+        if typing.get_origin(info.annotation) is typing.Literal:
+            text = f"{text} (one of {', '.join(map(str, typing.get_args(info.annotation)))})".strip()
+        default = info.get_default(call_default_factory=True)
+        text = f"{text}; default {default!r}" if text else f"default {default!r}"
+        fields[name] = (_dagster_type(info.annotation) | None, Field(default=None, description=text))
+    return fields
+
+
+TrainingConfig = create_model(
+    "TrainingConfig",
+    __base__=dg.Config,
+    __doc__="Training tunables for this run; unset fields come from the dataset's sam3lite.yaml, then the "
+    "pipeline defaults, then TrainConfig's defaults.",
+    **_config_fields(),
+)
+
+
+def read_layer(path: Path | None, what: str) -> dict[str, Any]:
+    """A YAML mapping of TrainConfig fields ({} when `path` is None or missing); ConfigError names the file."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} ({what}): not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} ({what}): expected a mapping of field: value, got {type(data).__name__}")
+    owned = sorted(set(data) & set(PIPELINE_OWNED))
+    if owned:
+        raise ConfigError(f"{path} ({what}): {', '.join(owned)} cannot be set here: the pipeline sets them")
+    return data
+
+
+def file_layers(defaults_file: Path | None, dataset_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(source, fields) of the pipeline defaults file and the dataset's sam3lite.yaml."""
+    if defaults_file is not None and not defaults_file.is_file():
+        raise ConfigError(f"{defaults_file}: the pipeline training defaults file (StorageRoots.train_defaults) "
+                          f"does not exist; create it or unset train_defaults")
+    return [
+        (str(defaults_file), read_layer(defaults_file, "pipeline training defaults")),
+        (str(dataset_dir / DATASET_CONFIG), read_layer(dataset_dir / DATASET_CONFIG, "the dataset's overrides")),
+    ]
+
+
+def resolve_train_config(
+    defaults_file: Path | None, dataset_dir: Path, run_config: dict[str, Any], owned: dict[str, Any]
+) -> TrainConfig:
+    """defaults file < `<dataset>/sam3lite.yaml` < run config < what the pipeline owns; each layer is checked
+    alone first so an error names the layer it came from."""
+    layers = file_layers(defaults_file, dataset_dir)
+    layers.append(("run config ops.trained_model.config", {k: v for k, v in run_config.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        TrainConfig.parse(layer, source=source)
+        merged.update(layer)
+    return TrainConfig.parse({**merged, **owned}, source="resolved training config")

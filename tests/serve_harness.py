@@ -1,0 +1,52 @@
+"""`sam3lite serve` as a real uvicorn process on a free 127.0.0.1 port (test_serve.py, test_pipeline*.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Server:
+    """`sam3lite serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, runs: Path) -> None:
+        self.url = ""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = os.environ | {"SAM3LITE_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+        env.pop("SAM3_CHECKPOINT_PATH", None)
+        # Logs go to a file: a full pipe nobody reads would block the server.
+        self.log = runs.parent / f"serve-{port}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sam3lite_core.cli", "serve", "--runs-root", str(runs), "--port", str(port),
+                 "--device", "cpu", "--max-upload-mb", "0.25"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                self.client.get("/health")
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start in 60 s")
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
