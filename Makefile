@@ -12,7 +12,7 @@ EXTRAS ?= pipeline,serve,dev,vendor,bench
 DEMO_DIR ?= .sam3lite-demo
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all demo parity bench clean
+.PHONY: setup test test-all demo ui parity bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ parity: setup
 	SAM3LITE_REQUIRE_VENDOR=1 $(BIN)/python -m pytest -m slow -k "full_size or upstream_builder" -v $(PYTEST_ARGS)
 
 demo: setup
-	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m sam3lite_core.demo
+	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m sam3lite_pipeline.demo
+
+# The Dagster UI (webserver + daemon: sensors, schedules, the run queue) on the demo's instance and storage.
+ui: setup
+	mkdir -p $(DEMO_DIR)/dagster_home && cp deploy/dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
+	DAGSTER_HOME=$(abspath $(DEMO_DIR))/dagster_home SAM3LITE_HOME=$(abspath $(DEMO_DIR)) \
+		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,105 @@
+"""`make demo`: the main job end to end on the embedded synthetic dataset, through Dagster.
+
+In a local workspace (DEMO_DIR, default .sam3lite-demo): write the synthetic YOLO dataset, add its partition to a
+persistent Dagster instance (DEMO_DIR/dagster_home, deploy/dagster.yaml), run the `retrain` job with
+`dagster job execute` (the small preset from scratch on a training budget, gates, activation in `local` mode),
+then one prediction with the active checkpoint, and a summary. `make ui` opens the same instance in the UI.
+
+Environment: DEMO_DIR, DEMO_IMAGES (default 400), DEMO_MINUTES (training budget, default 8), DEMO_FLOOR (the
+demo's mAP50 gate). Re-running reuses the dataset and its conversion (a cache hit) and trains a new run, which
+must then also beat the incumbent (the previous demo's model) to be activated.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from PIL import Image
+
+from sam3lite_core.data import SYNTH_CLASSES, write_synth
+from sam3lite_core.serve.state import POINTER_NAME, ModelState
+from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
+
+DATASET = "synthetic"
+ROOT = Path(__file__).resolve().parents[1]
+# What a working run of the recipe clears on 2 cores in the default budget (bench/bench_train_quality.py).
+DEFAULT_FLOOR = 0.05
+
+
+def _latest(instance: dg.DagsterInstance, asset: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[DATASET]), limit=1).records
+    if not records:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def main() -> int:
+    started = time.monotonic()
+    workspace = Path(os.environ.get("DEMO_DIR", ".sam3lite-demo")).resolve()
+    images = int(os.environ.get("DEMO_IMAGES", "400"))
+    minutes = float(os.environ.get("DEMO_MINUTES", "8"))
+    floor = float(os.environ.get("DEMO_FLOOR", str(DEFAULT_FLOOR)))
+    dagster_home = workspace / "dagster_home"
+    dataset = workspace / "datasets" / DATASET
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+
+    if not (dataset / "labelmap.txt").exists():
+        print(f"[demo] wrote the synthetic dataset: {write_synth(dataset, images=images, seed=0)}", flush=True)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        if not instance.has_dynamic_partition("datasets", DATASET):
+            instance.add_dynamic_partitions("datasets", [DATASET])
+
+    run_config = {
+        "ops": {"trained_model": {"config": {**CPU_FROM_SCRATCH, "time_limit_minutes": minutes}}},
+        "resources": {"gates": {"config": {"map_floor": floor}}},
+        "execution": {"config": {"in_process": {}}},  # one process: no per-step spawn on 2 cores
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},  # Dagster's step bookkeeping stays quiet
+    }
+    run_yaml = workspace / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
+    env = os.environ | {
+        "DAGSTER_HOME": str(dagster_home), "SAM3LITE_HOME": str(workspace), "OMP_WAIT_POLICY": "PASSIVE",
+        # Dagster's notices about its own CLI and Pipes internals (reference/dagster_facts.md section 3).
+        "PYTHONWARNINGS": "ignore:Function `job_execute_command` is superseded,"
+                          "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",
+    }
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "sam3lite_pipeline.definitions",
+               "-j", "retrain", "-c", str(run_yaml), "--tags", json.dumps({"dagster/partition": DATASET})]
+    print(f"[demo] DAGSTER_HOME={dagster_home} SAM3LITE_HOME={workspace} {' '.join(command[1:])}", flush=True)
+    finished = subprocess.run(command, env=env, cwd=ROOT)
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        evaluation, active = _latest(instance, "evaluation"), _latest(instance, "active_checkpoint")
+    pointer = workspace / "runs" / POINTER_NAME
+    print(f"\n[demo] retrain {'succeeded' if finished.returncode == 0 else 'FAILED'} in "
+          f"{time.monotonic() - started:.0f} s")
+    if evaluation:
+        print(f"  val mAP50 {evaluation['AP50']:.3f}, mAP {evaluation['AP']:.3f} (gate: mAP50 >= {floor}; "
+              f"incumbent {evaluation['incumbent_value']:.3f}: {evaluation['incumbent_note']})")
+    if not pointer.exists():
+        print("  no checkpoint is active: see the gate results above (`make ui` shows the run)")
+        return 1
+    serving = ModelState(workspace / "runs").current()
+    sample = sorted((dataset / "val" / "images").iterdir())[0]
+    found = serving.predictor.predict(Image.open(sample).convert("RGB"), list(SYNTH_CLASSES), threshold=0.3)[0]
+    print(f"  active      {serving.active.checkpoint} ({'activated by this run' if active else 'earlier run'})")
+    print(f"  prediction on {sample.relative_to(workspace)} with the active checkpoint (score >= 0.3):")
+    for prompt, detections in zip(SYNTH_CLASSES, found):
+        shown = ", ".join(f"{d.score:.2f}@[{', '.join(f'{v:.0f}' for v in d.box_xyxy)}]" for d in detections[:3])
+        print(f"    {prompt:15s} {len(detections):2d} found  {shown}")
+    print(f"  workspace   {workspace} (datasets/, cache/, runs/, dagster_home/)\n"
+          f"  serve it    sam3lite serve --runs-root {workspace / 'runs'}\n"
+          f"  see it      make ui  (Dagster on http://127.0.0.1:3000)")
+    return finished.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
