@@ -10,6 +10,8 @@ Resource defaults come from the environment, so one code location serves a lapto
   SAM3LITE_TRAIN_DEFAULTS  YAML of pipeline-wide training defaults (optional)
   SAM3LITE_BACKEND         local | tator (default local); SAM3LITE_BACKEND_URL, SAM3LITE_BACKEND_TOKEN (tator)
   SAM3LITE_NPROC_PER_NODE  training processes (default 1)
+  SAM3LITE_SENSOR_INTERVAL seconds between dataset_sensor ticks (default 60)
+  SAM3LITE_RETRAIN_CRON    cron of nightly_retrain (default "0 2 * * *")
 Every value can also be changed per run in the launchpad (resources: <name>: config:).
 """
 
@@ -24,6 +26,8 @@ from sam3lite_pipeline.assets.evaluation import evaluation
 from sam3lite_pipeline.assets.training import trained_model
 from sam3lite_pipeline.jobs import activate, evaluate, retrain
 from sam3lite_pipeline.resources import Backend, Gates, StorageRoots, TrainLauncher
+from sam3lite_pipeline.schedules import nightly_retrain
+from sam3lite_pipeline.sensors import dataset_sensor
 
 
 def _resources() -> dict[str, dg.ConfigurableResource]:
@@ -51,5 +55,7 @@ def _resources() -> dict[str, dg.ConfigurableResource]:
 defs = dg.Definitions(
     assets=[staged_dataset, coco_dataset, trained_model, evaluation, active_checkpoint],
     jobs=[retrain, evaluate, activate],
+    sensors=[dataset_sensor],
+    schedules=[nightly_retrain],
     resources=_resources(),
 )
