@@ -25,12 +25,28 @@ SUBCOMMANDS: dict[str, str] = {
     "tokenize": "show the BPE token ids of prompts",
 }
 
+# `trigger` drives the Dagster webserver, so it lives with the pipeline; it is named by string and imported only
+# when it runs, so the core never imports the pipeline. It needs `requests`, which only the `pipeline` extra
+# brings: without it the subcommand is not offered, rather than offered and failing with an ImportError.
+ELSEWHERE: dict[str, tuple[str, ...]] = {"trigger": ("sam3lite_pipeline.trigger_cli", "requests")}
+
+
+def _module_name(name: str) -> str:
+    return ELSEWHERE[name][0] if name in ELSEWHERE else f"sam3lite_core.commands.{name}"
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
 
 def _available() -> dict[str, str]:
     return {
         name: text
         for name, text in SUBCOMMANDS.items()
-        if importlib.util.find_spec(f"sam3lite_core.commands.{name}") is not None
+        if all(_findable(module) for module in ELSEWHERE.get(name, (_module_name(name),)))
     }
 
 
@@ -49,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints usage / the error and exits
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(f"sam3lite_core.commands.{name}")
+    module = importlib.import_module(_module_name(name))
     parser = argparse.ArgumentParser(prog=f"sam3lite {name}", description=available[name])
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)

@@ -1,0 +1,230 @@
+"""A real `dagster-webserver` (and optionally `dagster-daemon run`) on 127.0.0.1 for tests.
+
+    with dagster_server(home=tmp_path / "home", module="trigger_defs", working_directory=TESTS) as server:
+        requests.post(server.graphql_url, json={"query": ...})
+    # the real location, its production instance settings, the daemon's run queue:
+    with dagster_server(home=..., workspace=ROOT / "workspace.yaml", daemon=True,
+                        instance_config=(ROOT / "deploy" / "dagster.yaml").read_text()) as server: ...
+
+Each process starts in its own session with SIGINT/SIGTERM at their defaults: a process started from a
+non-interactive shell inherits SIGINT=ignored, and Dagster maps SIGTERM onto its SIGINT handler, so both would be
+ignored and the server could not be stopped (reference/dagster_facts.md s.4). Stopping sends SIGTERM to each
+process group (webserver, code server, run workers alike), SIGKILLs what is left after a grace period and asserts
+that nothing of the groups survives. A process that run code starts in a session of its own (the training
+launcher's process group) is outside these groups: stopping it is that code's job. Linux only: group
+membership is read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+# The child resets both signals, then becomes the server (argv[1:]); no preexec_fn, which is unsafe with threads.
+_EXEC_WITH_DEFAULT_SIGNALS = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+_WORKSPACE_STATUS = """
+query WorkspaceStatus {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } }
+      }
+    }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def instance_yaml(daemon: bool) -> str:
+    """dagster.yaml for a test instance: without a daemon nothing would dequeue runs, so launch them directly."""
+    config: dict = {"telemetry": {"enabled": False}}
+    if not daemon:
+        config["run_coordinator"] = {
+            "module": "dagster._core.run_coordinator",
+            "class": "DefaultRunCoordinator",
+        }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class DagsterServer:
+    url: str
+    home: Path
+    location: str
+    log_path: Path
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.url}/graphql"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@contextmanager
+def dagster_server(
+    *,
+    home: Path,
+    workspace: Path | None = None,
+    module: str | None = None,
+    attribute: str = "defs",
+    location: str = "sam3lite",
+    working_directory: Path | None = None,
+    daemon: bool = False,
+    instance_config: str | None = None,
+    env: dict[str, str] | None = None,
+    start_timeout_s: float = 120.0,
+    stop_timeout_s: float = 20.0,
+) -> Iterator[DagsterServer]:
+    """Serve `workspace` (a workspace.yaml) or `module`.`attribute` as location `location` from DAGSTER_HOME
+    `home`, which gets `instance_config` (default: `instance_yaml(daemon)`) as its dagster.yaml."""
+    if (workspace is None) == (module is None):
+        raise ValueError("pass exactly one of workspace= or module=")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(instance_config if instance_config is not None else instance_yaml(daemon))
+    if workspace is None:
+        entry = {"module_name": module, "attribute": attribute, "location_name": location}
+        if working_directory is not None:
+            entry["working_directory"] = str(working_directory)
+        workspace = home / "workspace.yaml"
+        workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": entry}]}, sort_keys=False))
+    child_env = {**os.environ, "DAGSTER_HOME": str(home), **(env or {})}
+    port = free_port()
+    server = DagsterServer(f"http://127.0.0.1:{port}", home, location, home / "webserver.log")
+    with ExitStack() as stack:
+        webserver = stack.enter_context(_process(
+            ["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+            child_env, server.log_path, stop_timeout_s,
+        ))
+        if daemon:
+            stack.enter_context(_process(
+                ["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log", stop_timeout_s,
+            ))
+        _wait_until_loaded(server, webserver, start_timeout_s)
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str], log_path: Path, stop_timeout_s: float) -> Iterator[subprocess.Popen]:
+    script = Path(sys.executable).parent / argv[0]  # the console script of this environment, not one on PATH
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, str(script), *argv[1:]],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        _stop_group(proc, stop_timeout_s)
+
+
+def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    pgid = proc.pid  # a session leader leads its own process group
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if group_members(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        time.sleep(0.5)
+    left = group_members(pgid)
+    assert not left, f"processes of the server's group {pgid} survived SIGKILL: {left}"
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (a dead child its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _wait_until_loaded(server: DagsterServer, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster-webserver exited with {proc.returncode}:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"location {server.location!r} not loaded after {timeout_s:.0f} s:\n{server.log_tail()}")
+        if _location_loaded(server):
+            return
+        time.sleep(0.25)
+
+
+def _location_loaded(server: DagsterServer) -> bool:
+    try:
+        if requests.get(f"{server.url}/server_info", timeout=5).status_code != 200:
+            return False
+        answer = requests.post(server.graphql_url, json={"query": _WORKSPACE_STATUS}, timeout=30).json()
+    except requests.RequestException:
+        return False  # not listening yet
+    workspace = answer["data"]["workspaceOrError"]
+    if workspace["__typename"] != "Workspace":
+        raise RuntimeError(f"workspace failed to load: {workspace['message']}")
+    entries = workspace["locationEntries"]
+    names = [entry["name"] for entry in entries]
+    if server.location not in names and all(entry["loadStatus"] == "LOADED" for entry in entries):
+        raise RuntimeError(f"the workspace has no location {server.location!r}, only {names}")
+    for entry in entries:
+        if entry["name"] != server.location or entry["loadStatus"] != "LOADED":
+            continue
+        loaded = entry["locationOrLoadError"]
+        if loaded is not None and loaded["__typename"] == "PythonError":
+            raise RuntimeError(f"location {server.location!r} failed to load: {loaded['message']}")
+        return loaded is not None
+    return False
