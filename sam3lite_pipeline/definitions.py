@@ -9,7 +9,8 @@ Resource defaults come from the environment, so one code location serves a lapto
                            the backend's uploads/sam3_runs
   SAM3LITE_TRAIN_DEFAULTS  YAML of pipeline-wide training defaults (optional)
   SAM3LITE_BACKEND         local | tator (default local); SAM3LITE_BACKEND_URL, SAM3LITE_BACKEND_TOKEN (tator)
-  SAM3LITE_NPROC_PER_NODE  training processes (default 1)
+  SAM3LITE_NPROC_PER_NODE  training processes per machine (default 1)
+  SAM3LITE_NNODES, SAM3LITE_NODE_RANK, SAM3LITE_MASTER_ADDR, SAM3LITE_MASTER_PORT: torchrun across machines
   SAM3LITE_SENSOR_INTERVAL seconds between dataset_sensor ticks (default 60)
   SAM3LITE_RETRAIN_CRON    cron of nightly_retrain (default "0 2 * * *")
 Every value can also be changed per run in the launchpad (resources: <name>: config:).
@@ -46,7 +47,13 @@ def _resources() -> dict[str, dg.ConfigurableResource]:
             runs=env.get("SAM3LITE_RUNS", str(home / "runs")),
             train_defaults=env.get("SAM3LITE_TRAIN_DEFAULTS"),
         ),
-        "launcher": TrainLauncher(nproc_per_node=int(env.get("SAM3LITE_NPROC_PER_NODE", "1"))),
+        "launcher": TrainLauncher(
+            nproc_per_node=int(env.get("SAM3LITE_NPROC_PER_NODE", "1")),
+            nnodes=int(env.get("SAM3LITE_NNODES", "1")),
+            node_rank=int(env.get("SAM3LITE_NODE_RANK", "0")),
+            master_addr=env.get("SAM3LITE_MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("SAM3LITE_MASTER_PORT", "29500")),
+        ),
         "gates": Gates(),
         "backend": backend,
     }
