@@ -39,7 +39,6 @@ import vendor_detector  # noqa: E402
 import vendor_harness  # noqa: E402
 
 from sam3lite_core.batch import Batch  # noqa: E402
-from sam3lite_core.box_ops import box_cxcywh_to_xyxy  # noqa: E402
 from sam3lite_core.data.synth import write_synth  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
 from sam3lite_core.train.config import TrainConfig  # noqa: E402

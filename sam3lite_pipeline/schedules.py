@@ -6,7 +6,6 @@ successful trained_model (cron configurable, nightly by default).
 """
 
 import os
-from pathlib import Path
 
 import dagster as dg
 
