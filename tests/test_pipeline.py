@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -231,3 +233,33 @@ def test_wall_clock_limit_stops_the_whole_tree(trained):
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
     assert "wall-clock limit of 0.1 min" in failure
     assert not training_processes()
+
+
+def test_dataset_edited_during_training_is_marked_and_not_activated(trained):
+    home, definitions, instance, _ = trained
+    dataset = stage(home, "edited")
+    instance.add_dynamic_partitions("datasets", ["edited"])
+    before = _state(home)
+
+    def edit_once_training_runs() -> None:
+        # After the first logged step: the run has signed and loaded the dataset by then.
+        deadline = time.monotonic() + 120
+        while not list((home / "runs").glob("edited-*/metrics.csv")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        label = next((dataset / "train" / "labels").glob("*.txt"))
+        label.write_text(label.read_text() + "1 0.5 0.5 0.3 0.3\n")
+
+    editor = threading.Thread(target=edit_once_training_runs)
+    editor.start()
+    result = run_job(definitions, "retrain", instance, train_config(max_epochs=2), dataset="edited")
+    editor.join()
+    assert not result.success
+    assert checks(result) == {"coco_valid": True, "dataset_unchanged": False}
+    model = metadata(result, "trained_model")
+    assert model["dataset_changed"] is True and model["dataset_signature"] == "changed during training"
+    version = next(e for e in result.get_asset_materialization_events()
+                   if e.asset_key.path == ["trained_model"]).materialization.tags["dagster/data_version"]
+    assert version.startswith("changed-during-")
+    assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {
+        "staged_dataset", "coco_dataset", "trained_model"}
+    assert _state(home) == before and History(home / "runs").incumbent("edited") is None
