@@ -14,7 +14,7 @@ from sam3lite_core.train.config import ConfigError
 from sam3lite_pipeline.jobs import retrain
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.resources import StorageRoots
-from sam3lite_pipeline.train_settings import SPLIT_FIELDS, file_layers, resolve_train_config
+from sam3lite_pipeline.train_settings import resolve_train_config, split_settings
 
 CRON = os.environ.get("SAM3LITE_RETRAIN_CRON", "0 2 * * *")
 
@@ -22,9 +22,8 @@ CRON = os.environ.get("SAM3LITE_RETRAIN_CRON", "0 2 * * *")
 def standing_config_hash(storage: StorageRoots, dataset_id: str) -> str:
     """The config hash a retrain of the dataset would record, run config aside."""
     dataset_dir = storage.dataset_dir(dataset_id)
-    split = {k: v for _, layer in file_layers(storage.train_defaults_file, dataset_dir)
-             for k, v in layer.items() if k in SPLIT_FIELDS}
-    owned = {"dataset": str(dataset_dir), "runs_root": str(storage.runs_root), "run_name": "scheduled", **split}
+    owned = {"dataset": str(dataset_dir), "runs_root": str(storage.runs_root), "run_name": "scheduled",
+             **split_settings(storage.train_defaults_file, dataset_dir)}
     return resolve_train_config(storage.train_defaults_file, dataset_dir, {}, owned).resolved_hash()
 
 
@@ -57,9 +56,9 @@ def nightly_retrain(context: dg.ScheduleEvaluationContext, storage: StorageRoots
         if last == {"dataset_signature": signature, "config_hash": config_hash}:
             unchanged.append(dataset_id)
             continue
+        now = {"data": ("dataset_signature", signature), "config": ("config_hash", config_hash)}
         why = "never trained" if last is None else ", ".join(
-            what for what, key, now in (("data", "dataset_signature", signature), ("config", "config_hash", config_hash))
-            if last.get(key) != now)
+            what for what, (key, value) in now.items() if last.get(key) != value)
         requests.append(dg.RunRequest(
             partition_key=dataset_id, run_key=f"{dataset_id}:{signature}:{config_hash}",
             tags={"sam3lite/trigger": "nightly_retrain", "sam3lite/changed": why},

@@ -91,6 +91,11 @@ def file_layers(defaults_file: Path | None, dataset_dir: Path) -> list[tuple[str
     ]
 
 
+def split_settings(defaults_file: Path | None, dataset_dir: Path) -> dict[str, Any]:
+    """`val_percent` / `split_seed` as the files set them ({} where they do not)."""
+    return {k: v for _, layer in file_layers(defaults_file, dataset_dir) for k, v in layer.items() if k in SPLIT_FIELDS}
+
+
 def resolve_train_config(
     defaults_file: Path | None, dataset_dir: Path, run_config: dict[str, Any], owned: dict[str, Any]
 ) -> TrainConfig:

@@ -26,8 +26,9 @@ def _run_config(**fields) -> dict:
 def test_backend_launches_follows_reads_and_cancels(tmp_path):
     home = tmp_path / "home"
     stage(home)
-    marker = f"SAM3LITE_TEST_MARK={uuid.uuid4().hex}"
-    env = {"SAM3LITE_HOME": str(home), "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1]}
+    mark = uuid.uuid4().hex
+    marker = f"SAM3LITE_TEST_MARK={mark}"
+    env = {"SAM3LITE_HOME": str(home), "OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
     with dagster_server(home=tmp_path / "dagster_home", module="sam3lite_pipeline.definitions", daemon=True,
                         instance_config=(ROOT / "deploy" / "dagster.yaml").read_text(), working_directory=ROOT,
                         env=env) as server:

@@ -40,9 +40,10 @@ def test_cancel_kills_every_training_process(tmp_path):
         "ops": {"trained_model": {"config": {**TINY_RUN, "max_epochs": 1000}}},
         "execution": {"config": {"in_process": {}}},
     }))
-    marker = f"SAM3LITE_TEST_MARK={uuid.uuid4().hex}"
+    mark = uuid.uuid4().hex
+    marker = f"SAM3LITE_TEST_MARK={mark}"
     env = os.environ | {"DAGSTER_HOME": str(dagster_home), "SAM3LITE_HOME": str(home),
-                        "SAM3LITE_NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1]}
+                        "SAM3LITE_NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
     log = tmp_path / "dagster.log"
     with log.open("wb") as out:
         job = subprocess.Popen(

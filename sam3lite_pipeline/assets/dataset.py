@@ -11,7 +11,7 @@ from sam3lite_pipeline.ops.coco_check import coco_problems
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.records import latest_metadata
 from sam3lite_pipeline.resources import StorageRoots
-from sam3lite_pipeline.train_settings import SPLIT_FIELDS, file_layers
+from sam3lite_pipeline.train_settings import split_settings
 
 GROUP = "sam3lite"
 
@@ -59,7 +59,7 @@ def coco_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> dg
     (val_percent, split_seed)."""
     staged = latest_metadata(context, "staged_dataset")
     root = storage.dataset_dir(context.partition_key)
-    split = {k: v for _, layer in file_layers(storage.train_defaults_file, root) for k, v in layer.items() if k in SPLIT_FIELDS}
+    split = split_settings(storage.train_defaults_file, root)
     settings = ConvertSettings(val_fraction=split.get("val_percent", 0.2), seed=split.get("split_seed", 42))
     try:
         result = convert_dataset(root, storage.cache_dir, settings)

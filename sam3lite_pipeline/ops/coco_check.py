@@ -48,7 +48,9 @@ def _split_problems(data: dict[str, Any], classes: list[str]) -> list[str]:
         if ann["category_id"] not in category_ids:
             out.append(f"annotation {ann['id']} has the unknown category {ann['category_id']}")
         x, y, w, h = ann["bbox"]
-        if w <= 0 or h <= 0 or x < -0.01 or y < -0.01 or x + w > image["width"] + 0.01 or y + h > image["height"] + 0.01:
+        slack = 0.01  # px: the converter rounds coordinates to 1/1000 px
+        inside = -slack <= x and -slack <= y and x + w <= image["width"] + slack and y + h <= image["height"] + slack
+        if w <= 0 or h <= 0 or not inside:
             out.append(f"annotation {ann['id']}: bbox {ann['bbox']} is empty or outside its "
                        f"{image['width']}x{image['height']} image {image['file_name']}")
     return out
