@@ -41,9 +41,12 @@ demo: setup
 	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m sam3lite_pipeline.demo
 
 # The Dagster UI (webserver + daemon: sensors, schedules, the run queue) on the demo's instance and storage.
+# SIGINT/SIGTERM are reset first: started from a script with `&`, dagster dev would inherit SIGINT ignored and
+# could then only be stopped with SIGKILL, leaving its webserver, daemon and code servers behind.
 ui: setup
 	mkdir -p $(DEMO_DIR)/dagster_home && cp deploy/dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
-	DAGSTER_HOME=$(abspath $(DEMO_DIR))/dagster_home SAM3LITE_HOME=$(abspath $(DEMO_DIR)) \
+	DAGSTER_HOME=$(abspath $(DEMO_DIR))/dagster_home SAM3LITE_HOME=$(abspath $(DEMO_DIR)) $(BIN)/python -c \
+		'import os, signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; os.execv(sys.argv[1], sys.argv[1:])' \
 		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: setup
