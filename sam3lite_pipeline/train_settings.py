@@ -10,6 +10,7 @@ Dagster checks names and types when the run is launched; `resolve_train_config` 
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from pathlib import Path
@@ -29,15 +30,17 @@ PIPELINE_OWNED = ("dataset", "runs_root", "run_name", "resume", "cache_dir")
 SPLIT_FIELDS = ("val_percent", "split_seed")
 
 
-def _dagster_type(annotation: Any) -> Any:
-    """A Dagster-config-compatible annotation: Literal becomes str (TrainConfig checks the choice later)."""
+def _dagster_type(name: str, annotation: Any) -> Any:
+    """A Dagster-config-compatible annotation. A Literal becomes an Enum of its choices, so the launchpad offers
+    them and Dagster refuses another value when the run is launched."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
-        return str
+        choices = typing.get_args(annotation)
+        return enum.Enum(name, {str(c): c for c in choices}, module=__name__)
     if typing.get_origin(annotation) is dict:
         return dict[str, Any]
     if len(args) == 1 and typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return _dagster_type(args[0])
+        return _dagster_type(name, args[0])
     return annotation
 
 
@@ -47,11 +50,9 @@ def _config_fields() -> dict[str, Any]:
         if name in PIPELINE_OWNED or name in SPLIT_FIELDS:
             continue
         text = info.description or ""
-        if typing.get_origin(info.annotation) is typing.Literal:
-            text = f"{text} (one of {', '.join(map(str, typing.get_args(info.annotation)))})".strip()
         default = info.get_default(call_default_factory=True)
         text = f"{text}; default {default!r}" if text else f"default {default!r}"
-        fields[name] = (_dagster_type(info.annotation) | None, Field(default=None, description=text))
+        fields[name] = (_dagster_type(name, info.annotation) | None, Field(default=None, description=text))
     return fields
 
 
@@ -102,7 +103,8 @@ def resolve_train_config(
     """defaults file < `<dataset>/sam3lite.yaml` < run config < what the pipeline owns; each layer is checked
     alone first so an error names the layer it came from."""
     layers = file_layers(defaults_file, dataset_dir)
-    layers.append(("run config ops.trained_model.config", {k: v for k, v in run_config.items() if v is not None}))
+    layers.append(("run config ops.trained_model.config", {
+        k: v.value if isinstance(v, enum.Enum) else v for k, v in run_config.items() if v is not None}))
     merged: dict[str, Any] = {}
     for source, layer in layers:
         TrainConfig.parse(layer, source=source)

@@ -203,13 +203,17 @@ def test_tator_mode_against_the_real_inference_service(trained):
 def test_bad_training_config_fails_before_launch(trained):
     home, definitions, instance, _ = trained
     bad = definitions.resolve_job_def("retrain").execute_in_process(
-        instance=instance, partition_key=DATASET, raise_on_error=False, run_config=train_config(preset="huge"),
+        instance=instance, partition_key=DATASET, raise_on_error=False, run_config=train_config(resolution=100),
         asset_selection=[dg.AssetKey("trained_model")],
     )
     failure = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
-    assert "run config ops.trained_model.config: preset" in failure and "tiny" in failure
-    with pytest.raises(dg.DagsterInvalidConfigError, match="not_a_field"):
-        run_job(definitions, "retrain", instance, train_config(not_a_field=1))
+    assert "run config ops.trained_model.config: resolution" in failure and "use 98 or 112" in failure
+    assert not training_processes()
+    # Names, types and choices are checked by Dagster when the run is launched (launchpad, GraphQL, CLI).
+    for wrong, field in (({"not_a_field": 1}, "not_a_field"), ({"preset": "huge"}, "preset"),
+                         ({"max_epochs": "ten"}, "max_epochs")):
+        with pytest.raises(dg.DagsterInvalidConfigError, match=field):
+            run_job(definitions, "retrain", instance, train_config(**wrong))
 
 
 def test_training_failure_shows_the_last_lines(trained, tmp_path):
