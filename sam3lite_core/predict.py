@@ -1,5 +1,9 @@
 """One image, several prompts -> every query's box and score, as upstream `PostProcessImage` reports them.
 
+`predict` is `encode_images` (the vision backbone, once per image) then `detect` (the prompts grounded in the
+image's features, all in one forward); the Predictor calls the two halves itself to reuse features and to
+ground prompts in several windows of one image at once.
+
 Preprocessing is upstream `Sam3Processor`'s: uint8, straight resize (no aspect preservation) to the model
 resolution, then scaled to [0, 1] and normalised with mean = std = 0.5. Because the resize ignores the
 aspect ratio, normalised box coordinates mean the same thing in the input image and in the model input.
@@ -7,7 +11,8 @@ aspect ratio, normalised box coordinates mean the same thing in the input image 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Union
 
 import numpy as np
@@ -19,7 +24,7 @@ from sam3lite_core.batch import Batch
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
 from sam3lite_core.model.precision import inference_autocast
-from sam3lite_core.model.sam3lite import Sam3Lite
+from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
 
 ImageLike = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 # A prompt is a text, or {"text": str, "boxes": [[x0, y0, x1, y1], ...] in pixels, "labels": [1 | 0, ...]}.
@@ -74,31 +79,82 @@ def _parse_prompt(prompt: PromptLike, index: int) -> tuple[str, list[list[float]
     return prompt["text"], boxes, labels
 
 
-def _batch(pixels: torch.Tensor, prompts: Sequence[PromptLike], size: tuple[int, int]) -> Batch:
-    """One image, one find query per prompt; exemplar boxes normalised by the original size and padded."""
+def prompt_batch(prompts: Sequence[PromptLike], frames: torch.Tensor) -> Batch:
+    """The find queries of K prompts on each of B image frames, query q = b * K + k (image-major).
+
+    frames  float [B, 4]  each image's region (x0, y0, x1, y1) in pixels of the input image: the whole image,
+                          or one window of it; exemplar boxes (pixels of the input image) are normalised by it.
+    The batch carries no pixels (`images` is empty): `Sam3Lite.ground` reads image features instead.
+    """
     parsed = [_parse_prompt(p, i) for i, p in enumerate(prompts)]
     texts = list(dict.fromkeys(text for text, _, _ in parsed))
-    height, width = size
+    num_frames, num_prompts = len(frames), len(parsed)
+    origin, extent = frames[:, :2].repeat(1, 2), (frames[:, 2:] - frames[:, :2]).repeat(1, 2)  # [B, 4] each
     num_boxes = max(len(boxes) for _, boxes, _ in parsed)
-    box_prompts = torch.zeros(len(parsed), num_boxes, 4)
-    box_labels = torch.zeros(len(parsed), num_boxes, dtype=torch.long)
-    box_padding = torch.ones(len(parsed), num_boxes, dtype=torch.bool)
-    for q, (_, boxes, labels) in enumerate(parsed):
+    box_prompts = torch.zeros(num_frames, num_prompts, num_boxes, 4)
+    box_labels = torch.zeros(num_prompts, num_boxes, dtype=torch.long)
+    box_padding = torch.ones(num_prompts, num_boxes, dtype=torch.bool)
+    for k, (_, boxes, labels) in enumerate(parsed):
         if boxes:
-            xyxy = torch.tensor(boxes) / torch.tensor([width, height, width, height])
-            box_prompts[q, : len(boxes)] = box_xyxy_to_cxcywh(xyxy)
-            box_labels[q, : len(boxes)] = torch.tensor(labels)
-            box_padding[q, : len(boxes)] = False
+            xyxy = (torch.tensor(boxes)[None] - origin[:, None]) / extent[:, None]  # [B, Nb, 4]
+            box_prompts[:, k, : len(boxes)] = box_xyxy_to_cxcywh(xyxy)
+            box_labels[k, : len(boxes)] = torch.tensor(labels)
+            box_padding[k, : len(boxes)] = False
+    prompt_ids = torch.tensor([texts.index(text) for text, _, _ in parsed])
     return Batch(
-        images=pixels[None],
-        img_ids=torch.zeros(len(parsed), dtype=torch.long),
+        images=torch.empty(num_frames, 3, 0, 0),
+        img_ids=torch.arange(num_frames).repeat_interleave(num_prompts),
         prompts=texts,
-        prompt_ids=torch.tensor([texts.index(text) for text, _, _ in parsed]),
-        box_prompts=box_prompts if num_boxes else None,
-        box_labels=box_labels if num_boxes else None,
-        box_padding=box_padding if num_boxes else None,
-        orig_sizes=torch.tensor([[height, width]] * len(parsed)),
+        prompt_ids=prompt_ids.repeat(num_frames),
+        box_prompts=box_prompts.flatten(0, 1) if num_boxes else None,
+        box_labels=box_labels.repeat(num_frames, 1) if num_boxes else None,
+        box_padding=box_padding.repeat(num_frames, 1) if num_boxes else None,
+        orig_sizes=extent[:, [1, 0]].long().repeat_interleave(num_prompts, dim=0),
     )
+
+
+@contextmanager
+def _inference(model: Sam3Lite, precision: str) -> Iterator[None]:
+    """Eval mode, no autograd, and the precision's autocast; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), inference_autocast(precision, _device(model).type):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: Sam3Lite) -> torch.device:
+    return next(model.parameters()).device
+
+
+def encode_images(model: Sam3Lite, images: torch.Tensor, *, precision: str = "fp32") -> ImageFeatures:
+    """Preprocessed images float [B, 3, S, S] (`preprocess_image`) -> their ImageFeatures, on the model's device."""
+    with _inference(model, precision):
+        return model.encode_image(images.to(_device(model)))
+
+
+def detect(
+    model: Sam3Lite, features: ImageFeatures, prompts: Sequence[PromptLike], frames: torch.Tensor, *,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground K prompts in each of the B encoded frames (float [B, 4], x0, y0, x1, y1 px, see `prompt_batch`),
+    all in one forward -> on the CPU, for every query of the model (Nq, unthresholded):
+
+    boxes   float [B, K, Nq, 4]  xyxy in pixels of the input image (frame boxes mapped back to it)
+    scores  float [B, K, Nq]     sigmoid(pred_logit) * sigmoid(presence_logit), in [0, 1]
+    """
+    device = _device(model)
+    frames = frames.float()
+    with _inference(model, precision):
+        out = model.ground(features, prompt_batch(prompts, frames).to(device))
+    logits, presence = out["pred_logits"].float(), out["presence_logit_dec"].float()  # bf16 under autocast
+    scores = logits.sigmoid().squeeze(-1) * presence.sigmoid()  # [B * K, Nq]
+    origin, extent = frames[:, :2].repeat(1, 2), (frames[:, 2:] - frames[:, :2]).repeat(1, 2)  # [B, 4] each
+    boxes = out["pred_boxes_xyxy"].float().unflatten(0, (len(frames), -1))  # [B, K, Nq, 4]
+    boxes = boxes * extent[:, None, None].to(device) + origin[:, None, None].to(device)
+    return boxes.cpu(), scores.unflatten(0, (len(frames), -1)).cpu()
 
 
 def predict(
@@ -117,17 +173,6 @@ def predict(
     if not prompts:
         return []
     pixels, (height, width) = preprocess_image(image, model.cfg.vision.image_size)
-    device = next(model.parameters()).device
-    batch = _batch(pixels, prompts, (height, width)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), inference_autocast(precision, device.type):
-            out = model(batch)
-    finally:
-        model.train(was_training)
-    logits, presence = out["pred_logits"].float(), out["presence_logit_dec"].float()  # bf16 under autocast
-    scores = logits.sigmoid().squeeze(-1) * presence.sigmoid()  # [Q, Nq]
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
-    boxes = out["pred_boxes_xyxy"].float() * scale  # [Q, Nq, 4]
-    return [{"boxes": boxes[q].cpu(), "scores": scores[q].cpu()} for q in range(len(prompts))]
+    features = encode_images(model, pixels[None], precision=precision)
+    boxes, scores = detect(model, features, prompts, torch.tensor([[0, 0, width, height]]), precision=precision)
+    return [{"boxes": boxes[0, k], "scores": scores[0, k]} for k in range(len(prompts))]

@@ -1,9 +1,11 @@
 """`Predictor`: a loaded detector that answers K prompts on each of N images with thresholded, sorted detections.
 
-It builds on `sam3lite_core.predict.predict` (one image, several prompts in one forward, each unique prompt
-string encoded once). Two caches make repeated work free: the backbone outputs of the last images by image token
-(`ImageFeatureCache`: the vision trunk runs once per image, whatever the number of prompt chunks or calls), and
-the text features of every prompt seen (the text encoder is frozen at load, so `Sam3Lite.encode_prompts` caches).
+It builds on `sam3lite_core.predict` (`encode_images`, then `detect`: several prompts in one forward, each unique
+prompt string encoded once). Two caches make repeated work free: the image features of the last images by image
+token (`ImageFeatureCache`: the vision trunk runs once per image, whatever the number of prompt chunks or
+calls), and the text features of every prompt seen (the text encoder is frozen at load, so
+`Sam3Lite.encode_prompts` caches). With `tile=TileSettings(...)` a large image is seen as overlapping windows at
+their own resolution, all windows and prompts grounded together, and their detections merged (tiling.py).
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
 from sam3lite_core.model.precision import PRECISIONS
-from sam3lite_core.model.sam3lite import Sam3Lite
-from sam3lite_core.predict import ImageLike, PromptLike, predict
+from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
+from sam3lite_core.predict import ImageLike, PromptLike, detect, encode_images, preprocess_image
+from sam3lite_core.tiling import TileSettings, merge_windows, tile_windows
 
 MASKS_UNSUPPORTED = "masks are not supported: sam3lite is the box-only SAM3 detector (no mask head)"
+TILED_EXEMPLARS_UNSUPPORTED = (
+    "tiled inference takes text prompts only: exemplar boxes name a region of the whole image, not of each window"
+)
 ImageInput = ImageLike | str | os.PathLike
 
 
@@ -92,7 +98,8 @@ def _check_prompt(prompt: PromptLike, index: int) -> str:
 
 
 class Predictor:
-    """A detector in eval mode on one device, with its inference precision."""
+    """A detector in eval mode on one device, with its inference precision, keeping the image features of the
+    last `cached_images` images (a tiled image counts one per window)."""
 
     def __init__(self, model: Sam3Lite, precision: str = "fp32", cached_images: int = DEFAULT_CACHED_FEATURES) -> None:
         if precision not in PRECISIONS:
@@ -122,12 +129,17 @@ class Predictor:
         max_detections: int | None = None,
         nms_iou: float | None = None,
         chunk_size: int = 16,
+        tile: TileSettings | None = None,
     ) -> list[list[list[Detection]]]:
         """Detections per image, per prompt (in the order given), sorted by decreasing score.
 
         A prompt is a text or {"text", "boxes": [[x0, y0, x1, y1] px], "labels": [1 | 0]} (exemplar boxes).
-        Every prompt is asked of every image; prompts are evaluated `chunk_size` at a time in one forward, and
-        the image's backbone features are computed once (or found in the cache).
+        Every prompt is asked of every image; the image's features are computed once (or found in the cache),
+        then up to `chunk_size` find queries (window x prompt pairs; all windows of at least one prompt) are
+        grounded per forward.
+        With `tile`, the image is cut into overlapping windows (tiling.py), every window is encoded in one
+        batch and asked every prompt, and the windows' detections are merged in image coordinates (text
+        prompts only).
         Kept: score >= threshold, then (with `nms_iou`) non-maximum suppression within the prompt, then the
         `max_detections` best.
         """
@@ -142,19 +154,34 @@ class Predictor:
             raise ValueError(f"nms_iou must be in (0, 1] or None, got {nms_iou}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if tile is not None and not all(isinstance(p, str) for p in prompts):
+            raise ValueError(TILED_EXEMPLARS_UNSUPPORTED)
         results = []
         for image in images:
             pixels = load_rgb(image)
             height, width = pixels.shape[:2]
-            raw = []
-            with self.features.use(self.model.backbone, image_token(pixels)):
-                for start in range(0, len(prompts), chunk_size):
-                    raw += predict(self.model, pixels, prompts[start : start + chunk_size], precision=self.precision)
+            windows = tile_windows(height, width, tile) if tile else torch.tensor([[0, 0, width, height]])
+            key = (image_token(pixels), tuple(map(tuple, windows.tolist())))
+            features = self.features.get_or_compute(key, lambda: self._encode(pixels, windows))
+            step = max(1, chunk_size // len(windows))
+            chunks = [detect(self.model, features, prompts[i : i + step], windows, precision=self.precision)
+                      for i in range(0, len(prompts), step)]
+            boxes, scores = torch.cat([b for b, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
+            if tile is None:
+                per_prompt = list(zip(boxes[0], scores[0]))
+            else:
+                per_prompt = merge_windows(boxes, scores, windows, tile.merge_iou, min_score=threshold)
             results.append([
-                self._select(out["boxes"], out["scores"], text, (height, width), threshold, max_detections, nms_iou)
-                for out, text in zip(raw, texts)
+                self._select(b, s, text, (height, width), threshold, max_detections, nms_iou)
+                for (b, s), text in zip(per_prompt, texts)
             ])
         return results
+
+    def _encode(self, pixels: np.ndarray, windows: torch.Tensor) -> ImageFeatures:
+        """uint8 [H, W, 3] pixels, windows long [T, 4] (x0, y0, x1, y1 px) -> their ImageFeatures, in one batch."""
+        size = self.model.cfg.vision.image_size
+        crops = [preprocess_image(pixels[y0:y1, x0:x1], size)[0] for x0, y0, x1, y1 in windows.tolist()]
+        return encode_images(self.model, torch.stack(crops), precision=self.precision)
 
     @staticmethod
     def _select(

@@ -67,3 +67,24 @@ def test_errors_are_one_line(files, capsys, bad):
     err = capsys.readouterr().err
     assert status == 1
     assert err.startswith("sam3lite predict: ") and "Traceback" not in err
+
+
+def test_tiled(files, capsys):
+    """--tile cuts the 56 x 40 images into 24 px windows; the boxes come back in image coordinates."""
+    out_json = files / "tiled.json"
+    status = main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
+                   "--threshold", "0", "--tile", "24", "--tile-overlap", "0.25", "--json", str(out_json),
+                   "--device", "cpu"])
+    assert status == 0, capsys.readouterr().err
+    capsys.readouterr()
+    detections = json.loads(out_json.read_text())[0]["detections"]
+    centres = [((d["box_xyxy"][0] + d["box_xyxy"][2]) / 2, (d["box_xyxy"][1] + d["box_xyxy"][3]) / 2)
+               for d in detections]
+    assert centres and all(0 <= x <= 56 and 0 <= y <= 40 for x, y in centres)
+    assert any(x > 24 or y > 24 for x, y in centres)  # found in windows other than the first
+    whole = main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
+                  "--threshold", "0", "--json", "-", "--device", "cpu"])
+    assert whole == 0 and json.loads(capsys.readouterr().out)[0]["detections"] != detections
+    assert main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
+                 "--tile", "24", "--tile-overlap", "1.5", "--device", "cpu"]) == 1
+    assert "window overlap" in capsys.readouterr().err

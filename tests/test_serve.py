@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,51 @@ def test_swap_leaves_requests_in_flight_on_the_old_model(runs, tmp_path):
     assert state.current().predictor is not in_flight.predictor
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     assert len(in_flight.predictor.predict(image, "x")[0][0]) == in_flight.predictor.model.cfg.transformer.num_queries
+
+
+def test_windowed_text_prompts(server, runs):
+    """The backend's windowed fields are honoured: the image is seen as windows, and the answer keeps its shape."""
+    activate(server, runs / "trained" / "checkpoints" / "last.ckpt", "windowed")
+    image, _ = png_base64(3)
+    body = {"image_base64": image, "text_prompt": "circle", "threshold": 0.0, "windowed": True, "window_size": 32,
+            "window_overlap": 0.25, "merge_iou": 0.5}
+    response = server.client.post("/sam3/text_prompt", json=body)
+    assert response.status_code == 200, response.text
+    check_detections(response.json(), "circle", "sam3_text")
+    whole = server.client.post("/sam3/text_prompt", json={**body, "windowed": False}).json()
+    assert response.json()["detections"] != whole["detections"]  # 6 windows of 32 px, not one 64 x 48 image
+    batch = server.client.post("/sam3/text_prompt_batch", json={**body, "image_base64": None, "text_prompts": [
+        "square", "circle"], "image_token": whole["image_token"]})
+    assert batch.status_code == 200, batch.text
+    assert [d["score"] for d in batch.json()["results"][1]["detections"]] == pytest.approx(
+        [d["score"] for d in response.json()["detections"]], abs=1e-5)
+    default_window = server.client.post("/sam3/text_prompt", json={**body, "window_size": None})
+    assert default_window.status_code == 200  # the model's input side: one window for this small image
+    for bad in ({"window_overlap": 1.0}, {"merge_iou": 0.0}, {"window_size": 8}):
+        assert server.client.post("/sam3/text_prompt", json={**body, **bad}).status_code == 422
+
+
+@pytest.mark.parametrize("how", ["deleted", "symlinked_out"])
+def test_listing_drops_a_missing_active_checkpoint(server, runs, how):
+    """Listing models resets an active custom checkpoint that is gone or now outside the runs root (no base
+    weights here, so to no model), rewrites the pointer file, and says so in the log."""
+    doomed = runs / "doomed" / "checkpoints" / "last.ckpt"
+    save_checkpoint(doomed, build_model("tiny"))
+    assert activate(server, doomed, "doomed").status_code == 200
+    try:
+        doomed.unlink()
+        if how == "symlinked_out":
+            doomed.symlink_to(runs.parent / "outside.ckpt")
+        assert server.client.get("/health").json()["active"]["id"] == "doomed"  # only listing checks
+        entries = server.client.get("/sam3/models").json()
+        assert [e for e in entries if e["active"]] == []
+        assert not any(str(e.get("key")).startswith("active:") for e in entries)
+        health = server.client.get("/health").json()
+        assert health["active"]["source"] == "none" and not health["model_loaded"]
+        assert ActiveModel.model_validate_json((runs / POINTER_NAME).read_text()).source == "none"
+        assert "last.ckpt is missing or outside the runs root" in server.log.read_text()
+        image, _ = png_base64(4)
+        assert server.client.post("/sam3/text_prompt", json={"image_base64": image, "text_prompt": "x"}
+                                  ).status_code == 503
+    finally:
+        shutil.rmtree(runs / "doomed")

@@ -1,5 +1,8 @@
 """`sam3lite predict IMAGE... --prompt TEXT [--prompt TEXT ...] --checkpoint PATH [--threshold T] [--json OUT]
-[--viz OUT_DIR]`: detect the prompted objects in each image.
+[--viz OUT_DIR] [--tile SIZE [--tile-overlap F] [--tile-merge-iou F]]`: detect the prompted objects in each image.
+
+`--tile SIZE` looks at a large image through overlapping SIZE px windows, each at the model's resolution, and
+merges their detections (small objects stay visible that a whole-image resize would shrink away).
 
 Prints one table row per kept detection, then the peak memory (resident set of this process; the CUDA peak too
 on a GPU). `--json OUT` writes every detection ("-" prints the JSON instead of the table); `--viz OUT_DIR` saves
@@ -27,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--json", metavar="OUT", help="write the detections as JSON to OUT ('-' = stdout)")
     parser.add_argument("--viz", metavar="OUT_DIR", help="save each image with its boxes drawn into OUT_DIR")
+    parser.add_argument("--tile", type=int, metavar="SIZE", help="run on overlapping SIZE px windows, then merge")
+    parser.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
+                        help="least fraction of a window its neighbours share (default 0.2)")
+    parser.add_argument("--tile-merge-iou", type=float, default=0.5, metavar="F",
+                        help="boxes from different windows overlapping above this IoU are one object (default 0.5)")
 
 
 def _records(images: list[str], results: list[list[list[Any]]]) -> list[dict[str, Any]]:
@@ -84,14 +92,18 @@ def _peak_memory(device: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sam3lite_core.predictor import Predictor
+    from sam3lite_core.tiling import TileSettings
     from sam3lite_core.train.distributed import pick_device
 
     try:
+        tile = None
+        if args.tile is not None:
+            tile = TileSettings(size=args.tile, overlap=args.tile_overlap, merge_iou=args.tile_merge_iou)
         device = str(pick_device(args.device))
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
         results = predictor.predict(
             args.images, args.prompt, threshold=args.threshold, max_detections=args.max_detections,
-            nms_iou=args.nms_iou,
+            nms_iou=args.nms_iou, tile=tile,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"sam3lite predict: {exc}", file=sys.stderr)

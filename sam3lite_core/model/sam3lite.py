@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +36,18 @@ def _default_tokenizer() -> Tokenizer:
 def _clear_text_cache_after_load(module: "Sam3Lite", incompatible_keys: Any) -> None:
     # New weights make cached text features stale.
     module.clear_text_cache()
+
+
+class ImageFeatures(NamedTuple):
+    """What the vision backbone makes of B images; `Sam3Lite.ground` reads these instead of pixels, so the
+    features of an image can be computed once and grounded against any number of prompts.
+
+    features  [B, D, G, G]  the scale-1 neck level (G = image_size // patch_size)
+    pos       [B, D, G, G]  its sine position encoding (a broadcast view of a shared table: do not modify)
+    """
+
+    features: torch.Tensor
+    pos: torch.Tensor
 
 
 class Transformer(nn.Module):
@@ -67,10 +79,19 @@ class Sam3Lite(nn.Module):
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
     def forward(self, batch: Batch) -> dict[str, Any]:
+        """`ground(encode_image(batch.images), batch)`: the outputs documented at `ground`."""
+        return self.ground(self.encode_image(batch.images), batch)
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """images float [B, 3, S, S] normalised to [-1, 1] -> their ImageFeatures (the vision trunk and neck)."""
+        return ImageFeatures(*self.backbone.forward_image(images))
+
+    def ground(self, image_features: ImageFeatures, batch: Batch) -> dict[str, Any]:
         """Detect, for each of the Q find queries of `batch`, the objects its prompt names in its image.
 
-        Reads batch.images, img_ids, prompts (each unique string encoded once), prompt_ids and the optional
-        box_prompts / box_labels / box_padding (shapes in `Batch`); targets are for the loss, not read here.
+        Reads `image_features` (of the B images that batch.img_ids index), and from `batch` img_ids, prompts
+        (each unique string encoded once), prompt_ids and the optional box_prompts / box_labels / box_padding
+        (shapes in `Batch`); batch.images is not read (the features stand for it), targets are for the loss.
         Each query's prompt is its text tokens (context_length, padding masked) followed by its geometry
         tokens (valid exemplar boxes, then a CLS): 33 tokens for a text-only query of the sam3 preset.
 
@@ -84,7 +105,7 @@ class Sam3Lite(nn.Module):
           pred_logits_o2m, pred_boxes_o2m, pred_boxes_xyxy_o2m   the one-to-many (DAC) queries, same shapes
           aux_outputs   one dict per earlier decoder layer (decoder_layers - 1) with all the keys above
         """
-        features, pos = self.backbone.forward_image(batch.images)  # [B, D, H, W] each
+        features, pos = image_features  # [B, D, H, W] each
         feat_size = (features.shape[-2], features.shape[-1])
         # Seq-first and contiguous. A permuted channel-major view would hand its strides on to every residual
         # sum after it (elementwise outputs take the first operand's layout), and every matmul would then copy:

@@ -5,6 +5,7 @@
   POST /sam3/models/activate        ActivateRequest -> {"active": ActiveModel}; bearer token when configured
   POST /sam3/text_prompt            TextPromptRequest -> PromptResponse
   POST /sam3/text_prompt_batch      TextPromptBatchRequest -> BatchPromptResponse (all prompts in one forward)
+                                    both with `windowed: true`: the image seen as overlapping windows, merged
   POST /sam3/visual_prompt          VisualPromptRequest -> PromptResponse
 
 User errors answer 4xx with {"detail": reason}: 400 bad input, 401 missing or wrong token, 404 unknown checkpoint
@@ -28,8 +29,8 @@ from sam3lite_core.predict import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
 from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache
 from sam3lite_core.serve.schemas import (
-    ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ModelEntry, PromptResponse,
-    TextPromptBatchRequest, TextPromptRequest, VisualPromptRequest, ImageRequest,
+    ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ImageRequest, ModelEntry, PromptResponse,
+    TextPromptBatchRequest, TextPromptRequest, TextRequest, VisualPromptRequest,
 )
 from sam3lite_core.serve.state import ModelState, model_entries
 
@@ -103,13 +104,15 @@ def answer(
     seeds: torch.Tensor | None = None,
 ) -> list[PromptResponse]:
     """One PromptResponse per prompt: score >= threshold, boxes of at least min_size px^2, no detection that
-    repeats a seed box (xyxy px [S, 4]), at most max_results, best first."""
+    repeats a seed box (xyxy px [S, 4]), at most max_results, best first; windowed when a text request asks."""
     serving = state.current()
     if serving.predictor is None:
         raise HTTPException(503, "no model is active: activate one with POST /sam3/models/activate")
     pixels, token = images.resolve(body.image_base64, body.image_token)
+    model_side = serving.predictor.model.cfg.vision.image_size
+    tile = body.tile_settings(model_side) if isinstance(body, TextRequest) else None
     with serving.lock:
-        found = serving.predictor.predict(pixels, prompts, threshold=body.threshold)[0]
+        found = serving.predictor.predict(pixels, prompts, threshold=body.threshold, tile=tile)[0]
     return [_response(kept, token, source, body, seeds) for kept in found]
 
 
@@ -131,5 +134,7 @@ def _response(
 
 
 def list_models(state: ModelState) -> list[ModelEntry]:
-    """The backend's listing: base entry, then the active custom checkpoint, then each run with checkpoints."""
+    """The backend's listing: base entry, then the active custom checkpoint, then each run with checkpoints.
+    An active custom checkpoint that is gone (or left the runs root) is dropped first, as the backend does."""
+    state.drop_missing_checkpoint()
     return model_entries(state.current().active, state.base_checkpoint, state.runs_root)

@@ -1,10 +1,12 @@
 """Request and response bodies of the inference service, in the annotation backend's shapes
-(reference/tator_contract.md sections 3 and 7). Fields the backend has for masks, CLIP heads or windowed
-inference are accepted and ignored where ignoring them cannot change boxes; masks are always null."""
+(reference/tator_contract.md sections 3 and 7). Fields the backend has for masks or CLIP heads are accepted and
+ignored where ignoring them cannot change boxes; masks are always null. Windowed inference is honoured."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sam3lite_core.tiling import TileSettings
 
 
 class ActivateRequest(BaseModel):
@@ -62,13 +64,28 @@ class ImageRequest(BaseModel):
         return self
 
 
-class TextPromptRequest(ImageRequest):
+class TextRequest(ImageRequest):
+    """Text prompts, optionally answered window by window (the backend's windowed inference, tiling.py)."""
+
+    windowed: bool = False
+    window_size: int | None = Field(default=None, ge=16, description="window side in px; default: the model input's")
+    window_overlap: float = Field(default=0.2, ge=0.0, lt=1.0, description="least fraction of a window shared")
+    merge_iou: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which window boxes are one object")
+
+    def tile_settings(self, model_side: int) -> TileSettings | None:
+        """The windows to cut the image into (None unless `windowed`); `model_side` is the default window."""
+        if not self.windowed:
+            return None
+        return TileSettings(size=self.window_size or model_side, overlap=self.window_overlap, merge_iou=self.merge_iou)
+
+
+class TextPromptRequest(TextRequest):
     """`POST /sam3/text_prompt`: one text prompt."""
 
     text_prompt: str = Field(min_length=1)
 
 
-class TextPromptBatchRequest(ImageRequest):
+class TextPromptBatchRequest(TextRequest):
     """`POST /sam3/text_prompt_batch`: several text prompts on one image, answered in one forward per chunk."""
 
     text_prompts: list[str] = Field(min_length=1, max_length=256)

@@ -87,6 +87,9 @@ def write_pointer(path: Path, active: ActiveModel) -> None:
     os.replace(tmp, path)
 
 
+NO_MODEL = ActiveModel(id="default", label="no model", checkpoint=None, source="none")
+
+
 class ModelState:
     """The active model of one service process; thread-safe."""
 
@@ -135,6 +138,38 @@ class ModelState:
                 self._stamp = self._stat()
         log.info("activated %s (%s)", active.id, active.checkpoint)
         return active
+
+    def drop_missing_checkpoint(self) -> None:
+        """Back to the base weights (no model when there are none, or they fail to load) when the active custom
+        checkpoint is gone, or no longer a regular file inside the runs root; the pointer file says so too.
+        The backend does this when models are listed, so a listing never offers a checkpoint that cannot load."""
+        active = self.current().active
+        if active.source != "custom" or self._within_runs_root(active.checkpoint):
+            return
+        with self._load_lock:
+            with self._swap_lock:
+                if self._serving.active != active:  # activated or reloaded meanwhile
+                    return
+            fallback, predictor = self._base_description(), None
+            if self.base_checkpoint is not None:
+                try:
+                    predictor = self._load(self.base_checkpoint)
+                except ActivationError as exc:
+                    log.error("the base weights do not load either (%s); no model is active", exc)
+                    fallback = NO_MODEL
+            with self._swap_lock:
+                self._serving = Serving(fallback, predictor)
+                write_pointer(self.pointer, fallback)
+                self._stamp = self._stat()
+        log.warning("the active checkpoint %s is missing or outside the runs root %s: back to %s",
+                    active.checkpoint, self.runs_root, fallback.label)
+
+    def _within_runs_root(self, checkpoint: str | None) -> bool:
+        try:
+            self.resolve_checkpoint(checkpoint or "")
+        except ActivationError:
+            return False
+        return True
 
     def resolve_checkpoint(self, checkpoint_path: str) -> Path:
         """The checkpoint as a regular, non-symlink file inside the runs root; ActivationError otherwise."""
@@ -196,6 +231,6 @@ class ModelState:
 
     def _base_description(self, label: str | None = None) -> ActiveModel:
         if self.base_checkpoint is None:
-            return ActiveModel(id="default", label="no model", checkpoint=None, source="none")
+            return NO_MODEL
         return ActiveModel(id=label or "Base SAM3", label=label or "Base SAM3", checkpoint=str(self.base_checkpoint),
                            source="env")
