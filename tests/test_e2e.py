@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GATES = {"coco_valid", "dataset_unchanged", "map_floor", "no_regression", "inference_confirmed"}
 
 
-def _run_config(**fields) -> dict:
-    return {"ops": {"trained_model": {"config": {**TINY_RUN, **fields}}},
-            "resources": {"gates": {"config": {"map_floor": 0.0}}}}
+def _run_config(in_process: bool = False, **fields) -> dict:
+    config = {"ops": {"trained_model": {"config": {**TINY_RUN, **fields}}},
+              "resources": {"gates": {"config": {"map_floor": 0.0}}}}
+    # The default multiprocess executor spawns a process per step (seconds each on 2 cores); the cancelled run
+    # keeps it, so cancellation is shown through the executor a production run uses.
+    return config | ({"execution": {"config": {"in_process": {}}}} if in_process else {})
 
 
 def test_backend_launches_follows_reads_and_cancels(tmp_path):
@@ -33,7 +36,7 @@ def test_backend_launches_follows_reads_and_cancels(tmp_path):
                         instance_config=(ROOT / "deploy" / "dagster.yaml").read_text(), working_directory=ROOT,
                         env=env) as server:
         client = TriggerClient(server.url)
-        run_id = client.launch(DATASET, _run_config(), tags={"backend_request_id": "req-1"})
+        run_id = client.launch(DATASET, _run_config(in_process=True), tags={"backend_request_id": "req-1"})
         messages = [event.message for event in client.follow(run_id, poll_s=1.0)]
         assert any(m.startswith("validation after epoch 1/1") for m in messages), server.log_tail()
         assert client.wait(run_id, timeout_s=60).status == "SUCCESS"
