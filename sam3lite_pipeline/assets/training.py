@@ -62,10 +62,11 @@ def trained_model(
     if checkpoint is None:
         raise dg.Failure(f"training stopped ({result['stopped_reason']}) before writing any checkpoint")
 
-    # Re-sign after training: an edit during the run must not pass as the data that was trained on.
+    # Re-sign after training: an edit during the run (or between the conversion and the start of training, which
+    # would leave evaluation on a different val set) must not pass as the data that was trained on.
     trained_on = result["dataset_signature"]
     now = dataset_signature(dataset_dir, cache_dir=storage.cache_dir)
-    changed = now != trained_on
+    changed = now != trained_on or trained_on != coco["signature"]
     if changed:
         context.log.warning(f"the dataset changed during training ({trained_on[:12]} -> {now[:12]}): this result is "
                             f"marked and will not be activated; retrain on the new data")
@@ -93,7 +94,7 @@ def trained_model(
         data_version=dg.DataVersion(version),
         check_results=[dg.AssetCheckResult(
             check_name="dataset_unchanged", passed=not changed,
-            metadata={"trained_on": trained_on, "after_training": now},
+            metadata={"converted": coco["signature"], "trained_on": trained_on, "after_training": now},
         )],
     )
 

@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # torchrun sets RANK for every worker; a single process has none.
     if int(os.environ.get("RANK", "0")) != 0 or not PipesEnvVarParamsLoader().is_dagster_pipes_process():
-        train(config, ConsolePrinter(tty=False))
-        return 0
-    with open_dagster_pipes() as pipes:
-        result = train(config, PipesForwarder(pipes))
-        pipes.report_custom_message({"train_result": result.model_dump(mode="json")})
-    return 0
+        result = train(config, ConsolePrinter(tty=False))
+    else:
+        with open_dagster_pipes() as pipes:
+            result = train(config, PipesForwarder(pipes))
+            pipes.report_custom_message({"train_result": result.model_dump(mode="json")})
+    # Diverged training is a failed step (with its last lines), as it is a failed `sam3lite train`.
+    return 1 if result.stopped_reason == "nonfinite_abort" else 0
 
 
 if __name__ == "__main__":
