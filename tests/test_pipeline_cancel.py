@@ -1,8 +1,9 @@
 """Cancelling a real `dagster job execute` of `retrain` while torchrun trains with two gloo workers: every
-training process is gone within seconds, and the last checkpoint written before is intact."""
+training process is gone within seconds, and the workers saved last.ckpt at the step they stopped at."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,4 +71,7 @@ def test_cancel_kills_every_training_process(tmp_path):
     text = log.read_text()
     assert "stopping training process group" in text
     (last,) = (home / "runs").glob("*/checkpoints/last.ckpt")
-    assert "model" in torch.load(last, weights_only=True)
+    saved = torch.load(last, weights_only=True)
+    # torchrun forwarded the SIGTERM: the workers stopped together at one step and saved it.
+    result = json.loads((last.parent.parent / "result.json").read_text())
+    assert result["stopped_reason"] == "cancelled" and saved["train_state"]["step"] == result["steps_done"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -99,3 +100,31 @@ def test_evaluate_a_model_equals_evaluating_its_checkpoint(cli_run):
         model = load_for_eval(best, use_ema=False).train()
         in_memory = evaluate(model, val_json, images, batch_size=2)
     assert from_file.stats == in_memory.stats and model.training  # mode restored
+
+
+def test_sigterm_saves_last_checkpoint_at_the_current_step(tmp_path):
+    """A signal mid-epoch: training stops at the end of that step, saves last.ckpt there, exits 130, and
+    `--resume` continues from it."""
+    dataset = make_dataset(tmp_path / "data")
+    args = ["--dataset", str(dataset), "--set", f"runs_root={tmp_path / 'runs'}", "--set", "run_name=stopped",
+            "--set", "max_epochs=200", "--set", "preset=tiny", "--set", "train_batch_size=2",
+            "--set", "num_train_workers=0", "--set", "log_freq=1", "--set", "skip_first_val=true"]
+    process = subprocess.Popen([sys.executable, "-m", "sam3lite_core.cli", "train", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"OMP_NUM_THREADS": "1"})
+    steps = 0
+    for line in process.stdout:
+        if line.startswith("[sam3lite-metric]") and '"phase": "train"' in line:
+            steps += 1
+            if steps == 7:  # mid-epoch 2 (5 steps an epoch)
+                process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    result = json.loads((tmp_path / "runs" / "stopped" / "result.json").read_text())
+    assert result["stopped_reason"] == "cancelled" and result["export_checkpoint"] is None
+    saved = torch.load(tmp_path / "runs" / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["train_state"]["step"] == result["steps_done"] >= 7
+    resumed = subprocess.run([sys.executable, "-m", "sam3lite_core.cli", "train", *args, "--set", "max_epochs=3",
+                              "--resume"], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    finished = json.loads((tmp_path / "runs" / "stopped" / "result.json").read_text())
+    assert finished["resumed_from_step"] == result["steps_done"] and finished["steps_done"] == 15

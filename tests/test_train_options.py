@@ -13,6 +13,7 @@ from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import build_components
 from sam3lite_core.train.distributed import init_distributed
 from sam3lite_core.train.loop import Clock, forward_backward, train_one_epoch, train_step
+from sam3lite_core.train.stop_signal import StopSignal
 from sam3lite_core.train.mining import HardExampleMiner
 from train_helpers import make_dataset, threads, tiny_config
 
@@ -173,7 +174,7 @@ def test_hard_example_mining_changes_the_next_epochs_samples(work):
     for enabled in (False, True):
         c = build(work, hard_example_mining=enabled, hard_example_fraction=0.4)
         state = TrainState(total_steps=c.planned_steps)
-        train_one_epoch(c, state, Clock(time.monotonic(), 0.0))
+        train_one_epoch(c, state, Clock(time.monotonic(), 0.0), StopSignal())
         c.miner.end_epoch()
         c.train_data.sampler.set_epoch(1)
         plans[enabled] = c.train_data.sampler.indices()

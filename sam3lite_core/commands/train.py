@@ -4,7 +4,8 @@ Prints `[sam3lite-progress p]`, `[sam3lite-metric]{json}` and `[sam3lite-result]
 on a terminal; upstream's `Train Epoch:` / `Meters:` lines too with `--set upstream_log_lines=true`).
 `--nproc-per-node N` re-launches itself under torchrun (`torchrun --nproc-per-node N -m sam3lite_core.train`).
 Exit status: 0 when training ended normally (completed, early stopping, time limit), 1 when it aborted on
-non-finite losses or the dataset is unusable, 2 for a configuration error.
+non-finite losses or the dataset is unusable, 2 for a configuration error, 130 when SIGTERM or SIGINT stopped it
+(last.ckpt saved at that step; `--resume` continues it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import os
 import sys
 
 from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
+
+
+# Training ended normally otherwise; a signal-stopped run exits like an interrupted shell command (128 + SIGINT).
+EXIT_CODES = {"nonfinite_abort": 1, "cancelled": 130}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"sam3lite train: {exc}", file=sys.stderr)
         return 2
-    return 1 if result.stopped_reason == "nonfinite_abort" else 0
+    return EXIT_CODES.get(result.stopped_reason, 0)
 
 
 def _relaunch(args: argparse.Namespace) -> int:

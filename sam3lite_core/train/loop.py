@@ -31,8 +31,9 @@ from sam3lite_core.train.events import EventHandler, log_event, metric_event, pr
 from sam3lite_core.train.optim import clip_gradients
 from sam3lite_core.train.resume import save, start_or_resume
 from sam3lite_core.train.run_folder import LOSS_TERMS
+from sam3lite_core.train.stop_signal import StopSignal
 
-StopReason = Literal["completed", "early_stopping", "time_limit", "nonfinite_abort"]
+StopReason = Literal["completed", "early_stopping", "time_limit", "nonfinite_abort", "cancelled"]
 
 
 class TrainResult(BaseModel):
@@ -77,7 +78,10 @@ def train(config: TrainConfig | dict[str, Any], on_event: EventHandler | None = 
             clock = Clock(time.monotonic(), 0.0)
             state, resumed = start_or_resume(c)
             clock.before = state.elapsed_s
-            reason = run_epochs(c, state, clock)
+            with StopSignal() as stop:
+                reason = run_epochs(c, state, clock, stop)
+            if reason == "cancelled":
+                c.emit(log_event(f"stopped by signal {stop.received} at step {state.step}: saving last.ckpt"))
             return finish(c, state, reason, clock, resumed)
         finally:
             c.run.close()
@@ -99,10 +103,10 @@ class Clock:
         return self.before + time.monotonic() - self.start
 
 
-def run_epochs(c: Components, state: TrainState, clock: Clock) -> StopReason:
+def run_epochs(c: Components, state: TrainState, clock: Clock, stop: StopSignal) -> StopReason:
     clock.start_step = state.step
     while state.epoch < c.cfg.max_epochs:
-        reason = train_one_epoch(c, state, clock)
+        reason = train_one_epoch(c, state, clock, stop)
         if reason is not None:
             return reason
         reason = end_epoch(c, state, clock)
@@ -111,7 +115,7 @@ def run_epochs(c: Components, state: TrainState, clock: Clock) -> StopReason:
     return "completed"
 
 
-def train_one_epoch(c: Components, state: TrainState, clock: Clock) -> StopReason | None:
+def train_one_epoch(c: Components, state: TrainState, clock: Clock, stop: StopSignal) -> StopReason | None:
     """Optimiser steps until the epoch's batches are used up; a reason when the run must stop early."""
     cfg, data = c.cfg, c.train_data
     accumulate = cfg.gradient_accumulation_steps
@@ -136,6 +140,8 @@ def train_one_epoch(c: Components, state: TrainState, clock: Clock) -> StopReaso
             fit_horizon(c, state, clock)
         if c.checkpointer.step_due(state.step) and state.micro_batches_done < data.micro_batches_per_epoch:
             save(c, state, clock.used(), best=False)
+        if any_rank(stop.received is not None):  # every rank stops at the same step, or the collectives hang
+            return "cancelled"
         if time_is_up(c, state, clock):
             return "time_limit"
         if state.micro_batches_done >= data.micro_batches_per_epoch:
@@ -312,8 +318,9 @@ def _pr_curve(result: EvalResult, epoch: int) -> dict[str, Any]:
 def finish(c: Components, state: TrainState, reason: StopReason, clock: Clock, resumed: int | None) -> TrainResult:
     """Final validation when the last weights were not validated, checkpoints, export, plots, result."""
     ckpt = c.checkpointer
-    if reason in ("time_limit", "nonfinite_abort"):  # stopped mid-epoch: the last checkpoint is older
-        validated = reason == "nonfinite_abort" or c.val is None or state.last_val_step == state.step
+    if reason in ("time_limit", "nonfinite_abort", "cancelled"):  # stopped mid-epoch: last.ckpt is older
+        # A cancelled run saves at once (its launcher allows a grace period, not a validation).
+        validated = reason != "time_limit" or c.val is None or state.last_val_step == state.step
         improved = False if validated else validate(c, state, clock)
         save(c, state, clock.used(), best=improved)
     if c.val is None:
@@ -321,7 +328,7 @@ def finish(c: Components, state: TrainState, reason: StopReason, clock: Clock, r
     barrier()
     best = ckpt.best if ckpt.best.is_file() else None
     export = None
-    if best is not None and reason != "nonfinite_abort":
+    if best is not None and reason not in ("nonfinite_abort", "cancelled"):
         export = ckpt.write_export(best, use_ema=True)
     c.run.write_plots(state.best_pr)
     result = TrainResult(

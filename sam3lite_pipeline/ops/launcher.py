@@ -3,9 +3,9 @@ process group of its own, so that the whole tree can be stopped.
 
 Dagster's PipesSubprocessClient forwards a cancellation to its direct child only; torchrun's workers would be
 left running with the GPU (reference/dagster_facts.md section 6). Here the child starts a new session, and a
-cancellation, the wall-clock limit or any error on our side sends SIGTERM to the whole group, then SIGKILL to
-what is left after a grace period. SIGTERM never tears a checkpoint: they are written to a temporary file and
-renamed. The child's stdout/stderr go to the step's captured logs as they come; the last lines are kept for the
+cancellation, the wall-clock limit or any error on our side sends SIGTERM to the child (training saves last.ckpt
+at the end of its step and exits; torchrun forwards the signal to its workers), then SIGKILL to whatever of the
+group is left. Checkpoints are never torn: they are written to a temporary file and renamed. The child's stdout/stderr go to the step's captured logs as they come; the last lines are kept for the
 error message when it exits non-zero.
 """
 
@@ -59,16 +59,19 @@ def training_command(launcher: TrainLauncher, config_file: str) -> list[str]:
 
 
 def stop_group(pgid: int, process: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM to every process of the group, SIGKILL after `grace_s` to whatever is still there."""
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        process.poll()  # reap the leader, or it stays in the group as a zombie
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.1)
+    """SIGTERM to the leader, SIGKILL to whatever of the group is left once it is gone or after `grace_s`.
+
+    The leader is the training process (it saves last.ckpt at the end of the step and exits) or torchrun, which
+    forwards SIGTERM to its workers and waits for them. Signalling the whole group at once would also kill the
+    data-loader workers under a training process before it reaches the end of its step.
+    """
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
     _signal_group(pgid, signal.SIGKILL)
-    process.wait()
+    process.wait()  # reap the leader, or it stays in the group as a zombie
 
 
 def _signal_group(pgid: int, sig: int) -> None:
