@@ -1,4 +1,4 @@
-"""Detection quality reached from scratch within a CPU time budget: the small preset on the synthetic dataset.
+"""Detection quality reached from scratch within a CPU time budget: recipe CPU_FROM_SCRATCH on the synthetic data.
 
     .venv/bin/python bench/bench_train_quality.py [--minutes 5 10] [--set key=value ...] [--workdir DIR]
 
@@ -7,8 +7,9 @@ folder. For each budget, a fresh run of `train()` with `time_limit_minutes` = th
 fitted to it, and the run validates once more when time is up) on the 2 CPU cores of this machine, scored on the
 val split only: COCO mAP50 and mAP (AP@[.5:.95]) of the final validation.
 
-The configuration is tuned for training from scratch on a CPU (CONFIG below; the vendor's fine-tune learning
-rates, lr_scale 0.1, are far too low without pretrained weights) and printed. The baseline is the goal:
+The configuration is `sam3lite_core.train.recipes.CPU_FROM_SCRATCH` (CONFIG below, printed): tuned for training from
+scratch on a CPU (the vendor's fine-tune learning rates, lr_scale 0.1, are far too low without pretrained weights,
+and the small preset gets too few steps into the budget to leave the DETR plateau). The baseline is the goal:
 mAP50 >= 0.5 within 10 minutes; ratio = ours / goal. Not a test, not the demo's gate.
 """
 

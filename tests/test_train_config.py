@@ -92,6 +92,8 @@ def test_derived_settings():
     optim = cfg.optim_config()
     assert (optim.lr_scale, optim.lr_language, optim.grad_clip) == (2.0, 1e-5, 0.1)
     assert cfg.loss_config().o2m_weight == 1.0 and cfg.schedule_config().cooldown_steps == 5
+    assert cfg.loss_config().pad_num_queries == 200  # upstream's default
+    assert TrainConfig(loss_pad_num_queries=None).loss_config().pad_num_queries is None
     assert cfg.detector_config().vision.image_size == 112
     assert TrainConfig(preset="tiny", resolution=224).detector_config().vision.image_size == 224
     assert TrainConfig(preset="sam3").use_activation_checkpointing and not TrainConfig().use_activation_checkpointing

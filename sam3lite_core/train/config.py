@@ -103,6 +103,11 @@ class TrainConfig(BaseModel):
     scheduler_timescale: int = Field(default=20, ge=1)
     scheduler_cooldown: int = Field(default=20, ge=0)
     o2m_weight: float = Field(default=2.0, ge=0.0, description="weight of the one-to-many loss")
+    loss_pad_num_queries: int | None = Field(
+        default=200, ge=1,
+        description="classification loss averaged as if over at least this many box queries (upstream 200); "
+        "None = over the preset's own num_queries, so a small preset's classification term is not diluted",
+    )
 
     # Model, precision, memory (ours).
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -252,7 +257,7 @@ class TrainConfig(BaseModel):
     def loss_config(self) -> "LossConfig":
         from sam3lite_core.train.losses import LossConfig
 
-        return LossConfig(o2m_weight=self.o2m_weight)
+        return LossConfig(o2m_weight=self.o2m_weight, pad_num_queries=self.loss_pad_num_queries)
 
     def optim_config(self) -> "OptimConfig":
         from sam3lite_core.train.optim import OptimConfig
