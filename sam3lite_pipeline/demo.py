@@ -5,8 +5,8 @@ persistent Dagster instance (DEMO_DIR/dagster_home, deploy/dagster.yaml), run th
 `dagster job execute` (the tiny preset from scratch on a training budget, gates, activation in `local` mode),
 then one prediction with the active checkpoint, and a summary. `make ui` opens the same instance in the UI.
 
-Environment: DEMO_DIR, DEMO_IMAGES (default 400), DEMO_MINUTES (training budget, default 8), DEMO_FLOOR (the
-demo's mAP50 gate). Re-running reuses the dataset and its conversion (a cache hit) and trains a new run, which
+Environment: DEMO_DIR, DEMO_IMAGES (default 400), DEMO_MINUTES (training budget, default 9: the whole demo then
+takes about 10 minutes on 2 cores), DEMO_FLOOR (the demo's mAP50 gate, default 0.02). Re-running reuses the dataset and its conversion (a cache hit) and trains a new run, which
 must then also beat the incumbent (the previous demo's model) to be activated.
 """
 
@@ -29,9 +29,10 @@ from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
 
 DATASET = "synthetic"
 ROOT = Path(__file__).resolve().parents[1]
-# A working run of the recipe reaches mAP50 0.15-0.18 on 2 idle cores in the default budget
-# (bench/bench_train_quality.py); a run that did not learn stays below 0.01. The margin covers a busy machine.
-DEFAULT_FLOOR = 0.05
+# A working run of the recipe reaches mAP50 0.03-0.18 in 8 minutes on 2 idle cores, depending on the seed (0.18
+# with seed 0, 0.03 with 123, the default; bench/bench_train_quality.py), and a run that did not learn stays below
+# 0.01: the floor separates the two.
+DEFAULT_FLOOR = 0.02
 
 
 def _of_run(instance: dg.DagsterInstance, asset: str, run_id: str) -> dict:
@@ -47,7 +48,7 @@ def main() -> int:
     started = time.monotonic()
     workspace = Path(os.environ.get("DEMO_DIR", ".sam3lite-demo")).resolve()
     images = int(os.environ.get("DEMO_IMAGES", "400"))
-    minutes = float(os.environ.get("DEMO_MINUTES", "8"))
+    minutes = float(os.environ.get("DEMO_MINUTES", "9"))
     floor = float(os.environ.get("DEMO_FLOOR", str(DEFAULT_FLOOR)))
     dagster_home = workspace / "dagster_home"
     dataset = workspace / "datasets" / DATASET
