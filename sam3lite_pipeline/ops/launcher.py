@@ -12,6 +12,7 @@ error message when it exits non-zero.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,20 +66,16 @@ def stop_group(pgid: int, process: subprocess.Popen, grace_s: float) -> None:
     forwards SIGTERM to its workers and waits for them. Signalling the whole group at once would also kill the
     data-loader workers under a training process before it reaches the end of its step.
     """
-    try:
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=grace_s)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
     _signal_group(pgid, signal.SIGKILL)
     process.wait()  # reap the leader, or it stays in the group as a zombie
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
