@@ -24,7 +24,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from sam3lite_core.serve.schemas import ActiveModel
-from sam3lite_core.serve.state import POINTER_NAME, ModelState, model_entries, read_pointer, write_pointer
+from sam3lite_core.serve.state import (
+    NO_MODEL, POINTER_NAME, ModelState, model_entries, read_pointer, write_pointer,
+)
 from sam3lite_pipeline.resources import Backend
 
 
@@ -72,8 +74,7 @@ class LocalBackend:
             write_pointer(self.pointer, previous)
 
     def list_models(self) -> list[dict[str, Any]]:
-        active = self.current() or ActiveModel(id="default", label="no model", checkpoint=None, source="none")
-        return [entry.model_dump() for entry in model_entries(active, None, self.runs_root)]
+        return [entry.model_dump() for entry in model_entries(self.current() or NO_MODEL, None, self.runs_root)]
 
     def confirm(self, checkpoint: Path, image: Path, prompt: str) -> Confirmation:
         started = time.monotonic()
