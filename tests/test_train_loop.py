@@ -15,7 +15,7 @@ import torch
 from sam3lite_core.checkpoint import load_checkpoint, save_checkpoint
 from sam3lite_core.eval.coco_eval import STAT_NAMES
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.train.loop import TrainResult, train
+from sam3lite_core.train.loop import train
 from train_helpers import Recorder, make_dataset, threads, tiny_config
 
 
