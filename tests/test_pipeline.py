@@ -18,8 +18,9 @@ from pipeline_harness import (
 )
 from serve_harness import TOKEN, Server
 
-from sam3lite_core.serve.state import POINTER_NAME
+from sam3lite_core.serve.state import NO_MODEL, POINTER_NAME, ModelState
 from sam3lite_pipeline.definitions import defs
+from sam3lite_pipeline.ops.backend import LocalBackend
 from sam3lite_pipeline.ops.history import Activation, History
 from sam3lite_pipeline.resources import Backend, Gates, TrainLauncher
 
@@ -31,7 +32,7 @@ GRAPH = {
     "evaluation": (["trained_model"], ["map_floor", "no_regression"]),
     "active_checkpoint": (["evaluation"], ["inference_confirmed"]),
 }
-BLOCKING = {"coco_valid", "dataset_unchanged", "map_floor", "no_regression"}
+BLOCKING = {"coco_valid", "dataset_unchanged", "map_floor", "no_regression", "inference_confirmed"}
 
 
 def test_definitions_snapshot():
@@ -53,15 +54,15 @@ def test_definitions_snapshot():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One whole `retrain` run; the dataset's sam3lite.yaml sets the val split and a field the run config
-    does not (hflip_prob) to show the layers."""
+    """One whole `retrain` run of the small preset (at 112 px, one epoch); the dataset's sam3lite.yaml sets the
+    val split and a field the run config does not (hflip_prob) to show the layers."""
     home = tmp_path_factory.mktemp("pipeline")
     dataset = stage(home)
     (dataset / "sam3lite.yaml").write_text("hflip_prob: 0.25\nmax_epochs: 5\n")
     definitions = pipeline_defs(home)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("datasets", [DATASET])
-        result = run_job(definitions, "retrain", instance, train_config())
+        result = run_job(definitions, "retrain", instance, train_config(preset="small", resolution=112))
         yield home, definitions, instance, result
 
 
@@ -79,7 +80,9 @@ def test_retrain_runs_the_whole_graph_through_pipes(trained):
     run_dir = Path(model["run_dir"])
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["hflip_prob"] == 0.25 and saved["max_epochs"] == 1 and saved["dataset"].endswith(DATASET)
+    assert saved["preset"] == "small"
     assert Path(model["checkpoint"]).name == "export.ckpt" and Path(model["plot_loss"]).is_file()
+    assert "![loss](data:image/png;base64," in model["plots"]
     assert "| 1 |" in model["epochs_table"]
 
     # Training ran in a child process that reported over Pipes, and is gone.
@@ -163,6 +166,34 @@ def test_activate_a_chosen_checkpoint_then_roll_back(trained):
     assert json.loads((home / "runs" / POINTER_NAME).read_text())["checkpoint"] == newer
     assert History(home / "runs").incumbent(DATASET).checkpoint == newer
     assert [e.action for e in History(home / "runs").entries(DATASET)][-2:] == ["manual", "rollback"]
+
+
+def test_a_checkpoint_the_service_cannot_load_fails_the_confirmation_and_is_rolled_back(trained):
+    home, definitions, instance, _ = trained
+    before = _state(home)
+    serving = ModelState(home / "runs")  # a running `sam3lite serve` following the pointer file
+    assert serving.current().active.checkpoint == json.loads(before[0])["checkpoint"]
+    broken = home / "runs" / "broken" / "checkpoints" / "export.ckpt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    pick = {"ops": {"active_checkpoint": {"config": {"checkpoint": str(broken)}}}}
+    refused = run_job(definitions, "activate", instance, pick)
+    assert not refused.success and checks(refused) == {"inference_confirmed": False}
+    assert not [e for e in refused.get_asset_materialization_events() if e.asset_key.path == ["active_checkpoint"]]
+    failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error.message
+    assert str(broken) in failure and "restored" in failure
+    def model(pointer: str) -> dict:  # restoring writes the previous model again, with a new activated_at
+        return {k: v for k, v in json.loads(pointer).items() if k != "activated_at"}
+
+    assert model(_state(home)[0]) == model(before[0]) and _state(home)[1] == before[1]
+    assert serving.current().active.checkpoint == json.loads(before[0])["checkpoint"]
+    local = LocalBackend(home / "runs")
+    listed = local.list_models()
+    assert [m["path"] for m in listed if str(m["key"]).startswith("active:")] == [json.loads(before[0])["checkpoint"]]
+    # Restoring "nothing was active" must move a running service off the checkpoint too, not just delete the file.
+    local.restore(None)
+    assert serving.current().active == NO_MODEL and serving.current().predictor is None
+    (home / "runs" / POINTER_NAME).write_text(before[0])
 
 
 def test_evaluate_job_on_a_chosen_checkpoint(trained):

@@ -3,6 +3,7 @@ and record it as the dataset's incumbent. In `retrain` it runs only when the eva
 `activate` job runs it alone for a chosen checkpoint or a rollback to the dataset's previous incumbent."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,16 @@ def _history_table(entries: list[Activation], metric: str) -> str:
 
 @dg.asset(
     partitions_def=datasets, group_name=GROUP, kinds={"service"}, deps=[evaluation],
-    check_specs=[dg.AssetCheckSpec("inference_confirmed", asset="active_checkpoint",
+    check_specs=[dg.AssetCheckSpec("inference_confirmed", asset="active_checkpoint", blocking=True,
                                    description="after activation, one inference through the backend answered with "
                                    "the new checkpoint")],
 )
 def active_checkpoint(
     context: dg.AssetExecutionContext, config: ActivationConfig, storage: StorageRoots, backend: Backend,
     gates: Gates,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """A generator: a failed confirmation yields its failed check and then fails the step without a
+    materialisation, since a materialisation of this asset means "this checkpoint went into service"."""
     dataset_id = context.partition_key
     history = History(storage.runs_root)
     incumbent = history.incumbent(dataset_id)
@@ -92,14 +95,19 @@ def active_checkpoint(
         confirmed = client.confirm(Path(entry.checkpoint), image, prompt)
     except Exception as exc:  # whatever broke, the previous model must go back into service
         client.restore(previous_active)
+        restored = previous_active.checkpoint if previous_active and previous_active.checkpoint else "none"
+        yield dg.AssetCheckResult(check_name="inference_confirmed", passed=False, metadata={
+            "error": str(exc), "prompt": prompt, "image": dg.MetadataValue.path(str(image)),
+            "checkpoint": dg.MetadataValue.path(entry.checkpoint), "restored": restored,
+        })
         raise dg.Failure(
-            f"the backend did not confirm {entry.checkpoint} ({exc}); the previously active model "
-            f"{previous_active.checkpoint if previous_active else 'none'} was restored and the incumbent is unchanged"
+            f"the backend did not confirm {entry.checkpoint} ({exc}); the previously active model {restored} "
+            "was restored and the incumbent is unchanged"
         ) from None
     history.record(entry)
     context.log.info(f"activated {entry.checkpoint} for {dataset_id} ({entry.action}); confirmed by an inference "
                      f"in {confirmed.latency_s:.2f} s with {confirmed.detections} detection(s) for {prompt!r}")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "checkpoint": dg.MetadataValue.path(entry.checkpoint),
             "label": entry.label, "action": entry.action, "backend": backend.mode,

@@ -68,10 +68,9 @@ class LocalBackend:
         return active
 
     def restore(self, previous: ActiveModel | None) -> None:
-        if previous is None:
-            self.pointer.unlink(missing_ok=True)
-        else:
-            write_pointer(self.pointer, previous)
+        # Written, not deleted: a running service reads a missing pointer as "no change" and would keep serving
+        # the unconfirmed checkpoint; NO_MODEL sends it back to its base weights, as before any activation.
+        write_pointer(self.pointer, previous or NO_MODEL)
 
     def list_models(self) -> list[dict[str, Any]]:
         return [entry.model_dump() for entry in model_entries(self.current() or NO_MODEL, None, self.runs_root)]
