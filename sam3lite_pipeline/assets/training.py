@@ -1,6 +1,7 @@
 """`trained_model`: training through Dagster Pipes (torchrun for several processes) in pool `gpu`, with the
 blocking gate that the dataset did not change while it trained."""
 
+import base64
 import csv
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ def trained_model(
         **{f"val_{name}": float(best[name]) for name in ("AP", "AP50") if name in best},
         "epochs_table": dg.MetadataValue.md(_epochs_table(run_dir / "metrics.csv")),
         **{f"plot_{p.stem}": dg.MetadataValue.path(str(p)) for p in sorted((run_dir / "plots").glob("*.png"))},
+        "plots": dg.MetadataValue.md(_plots_markdown(run_dir / "plots")),
         "training_pid": launched.pid,
     }
     version = f"changed-during-{run_name}" if changed else f"{trained_on[:16]}-{result['config_hash']}"
@@ -97,6 +99,14 @@ def trained_model(
             metadata={"converted": coco["signature"], "trained_on": trained_on, "after_training": now},
         )],
     )
+
+
+def _plots_markdown(plots: Path) -> str:
+    """The run's PNG plots inline (base64 data URIs), so the UI shows the curves, not file paths on the host
+    that trained."""
+    images = [f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})"
+              for p in sorted(plots.glob("*.png"))]
+    return "\n\n".join(images) or "no plots"
 
 
 def _epochs_table(metrics_csv: Path) -> str:
