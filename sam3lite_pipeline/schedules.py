@@ -65,6 +65,8 @@ def nightly_retrain(context: dg.ScheduleEvaluationContext, storage: StorageRoots
         ))
     if problems:
         context.log.warning("skipped: " + "; ".join(problems))
+    if requests and unchanged:
+        context.log.info(f"unchanged since their last training: {', '.join(unchanged)}")
     if not requests:
         return dg.SkipReason(f"unchanged since their last training: {', '.join(unchanged) or 'no datasets'}"
                              + (f"; skipped: {'; '.join(problems)}" if problems else ""))

@@ -82,7 +82,8 @@ def dataset_sensor(context: dg.SensorEvaluationContext, storage: StorageRoots) -
     skip = None
     if not (new_partitions or requests):
         note = f"waiting for {', '.join(waiting)} to stop changing; " if waiting else ""
-        skip = dg.SkipReason(f"{note}{len(folders)} dataset(s), nothing new to train")
+        unusable = f"; not usable yet: {'; '.join(broken)}" if broken else ""
+        skip = dg.SkipReason(f"{note}{len(folders)} dataset(s), nothing new to train{unusable}")
     return dg.SensorResult(  # also when skipping: the cursor must keep the fingerprints seen
         run_requests=requests,
         dynamic_partitions_requests=[datasets.build_add_request(new_partitions)] if new_partitions else [],

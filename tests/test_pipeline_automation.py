@@ -81,6 +81,16 @@ def test_sensor_skips_data_already_trained_and_survives_a_broken_dataset(home):
         first = tick(instance, home, None)
         second = tick(instance, home, first.cursor)
         assert not second.run_requests  # trained on exactly this data already
+        third = tick(instance, home, second.cursor)
+        assert "not usable yet: broken (" in third.skip_reason.skip_message
+        assert instance.get_dynamic_partitions("datasets") == ["a"]
+
+        # Once it becomes a dataset, the next settled tick picks it up.
+        shutil.rmtree(home / "datasets" / "broken")
+        make_dataset(home / "datasets" / "broken", images=6)
+        moved = tick(instance, home, third.cursor)
+        fixed = tick(instance, home, moved.cursor)
+        assert [r.partition_key for r in fixed.run_requests] == ["broken"]
 
 
 def test_schedule_retrains_only_what_changed(home):
@@ -99,6 +109,13 @@ def test_schedule_retrains_only_what_changed(home):
         (home / "datasets" / "a" / "sam3lite.yaml").write_text("max_epochs: 3\n")
         (changed,) = nightly_retrain(dg.build_schedule_context(instance=instance, resources={"storage": roots}))
         assert changed.tags["sam3lite/changed"] == "config"
+
+        trained(instance, "a", dataset_signature=sig, config_hash=standing_config_hash(roots, "a"))
+        label = next((home / "datasets" / "a" / "train" / "labels").glob("*.txt"))
+        label.write_text("0 0.5 0.5 0.2 0.2\n")
+        (edited,) = nightly_retrain(dg.build_schedule_context(instance=instance, resources={"storage": roots}))
+        assert edited.tags["sam3lite/changed"] == "data"
+        assert edited.run_key.startswith(f"a:{dataset_signature(home / 'datasets' / 'a')}:")
 
 
 def test_schedule_hash_matches_what_training_records(home):
