@@ -94,10 +94,16 @@ def main() -> int:
     if evaluation["AP50"] < floor:
         print("  below the demo's floor: training did not learn enough in its budget")
         return 1
+    if not active and evaluation["gates_passed"]:
+        print("  the gates passed but activation failed: see the output above (`make ui` shows the run)")
+        return 1
     if not active:
-        # The regression gate refused: an earlier demo's model (the incumbent) is better. The gate working.
+        # The floor passed, so the regression gate refused: an earlier demo's model is better. The gate working.
         print("  not activated: the incumbent is better on the same val set; it stays active")
     serving = ModelState(workspace / "runs").current()
+    if serving.predictor is None:
+        print(f"  no model is active in {workspace / 'runs'}: nothing to predict with")
+        return 1
     sample = sorted((dataset / "val" / "images").iterdir())[0]
     found = serving.predictor.predict(Image.open(sample).convert("RGB"), list(SYNTH_CLASSES), threshold=0.3)[0]
     print(f"  active      {serving.active.checkpoint}")
