@@ -8,7 +8,7 @@ Also printed: the same calls made in-process on a `Predictor` (the ceiling witho
 Alternating rounds of 1 and 4 clients; medians. Ends with `RESULT {...}`, ours = 4-client requests/s,
 baseline = 1-client requests/s, ratio = ours / baseline.
 
-Run: .venv/bin/python bench/bench_serve.py [--preset tiny] [--seconds 10]
+Run: .venv/bin/python bench/bench_serve.py [--preset small] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def requests_per_second(url: str, token: str, clients: int, seconds: float) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small"))
+    parser.add_argument("--preset", default="small", choices=("tiny", "small"))
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per configuration")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and in-process")
     args = parser.parse_args()

@@ -85,6 +85,10 @@ def test_exemplar_boxes(predictor, image):
     with_boxes = predictor.predict(image, [prompt, "red circle"])[0]
     assert with_boxes[0][0].prompt == "red circle"
     assert [d.score for d in with_boxes[0]] != [d.score for d in with_boxes[1]]  # the exemplars are read
+    positive = predictor.predict(image, [{**prompt, "labels": [1, 1]}])[0][0]
+    assert [d.score for d in positive] != [d.score for d in with_boxes[0]]  # and so are their labels
+    moved = predictor.predict(image, [{**prompt, "boxes": [[40, 40, 60, 60], [30, 10, 60, 40]]}])[0][0]
+    assert [d.score for d in moved] != [d.score for d in with_boxes[0]]  # and where they are
 
 
 @pytest.mark.parametrize(
