@@ -3,9 +3,9 @@
 # From scratch on 2 CPU cores (bench/bench_train_quality.py measures where it gets). What decides the result is
 # the number of optimiser steps and images seen: the small preset (~0.7 s a step of 4 images at 168 px) sat on
 # the DETR plateau for its ~700 steps in 10 minutes (presence logit at chance, val mAP50 < 0.01). The tiny preset
-# takes a step of 16 images in ~0.25 s (a step this small costs mostly fixed overhead, so the larger batch is
-# nearly free): ~65 images/s against ~5, ~100 epochs of the 320 synthetic images in 8 minutes, and it leaves the
-# plateau after ~300 steps (presence first, then the boxes).
+# takes a step of 16 images in ~0.2 s (a step this small costs mostly fixed overhead, so the larger batch is
+# nearly free): ~80 images/s against ~5, ~150 epochs of the 320 synthetic images in 10 minutes (val mAP50 0.34),
+# and it leaves the plateau after ~300 steps (presence first, then the boxes).
 CPU_FROM_SCRATCH = {
     "preset": "tiny",
     "resolution": 168,  # above tiny's 112: the smallest shapes are ~8 px here
@@ -30,6 +30,7 @@ CPU_FROM_SCRATCH = {
     "num_train_workers": 0,
     "num_val_workers": 0,
     # Where the run ends up depends on the seed more than on anything tuned here: val mAP50 after 8 minutes was
-    # 0.183 with seed 0, 0.148 with 7 and 0.030 with 123 (TrainConfig's default). 0 is the best of the three.
+    # 0.183 with seed 0, 0.148 with 7 and 0.030 with 123 (TrainConfig's default; before the faster optimiser
+    # step). 0 is the best of the three.
     "seed": 0,
 }
