@@ -109,6 +109,11 @@ def _state(home: Path) -> tuple[str, list[Activation]]:
     return (home / "runs" / POINTER_NAME).read_text(), History(home / "runs").entries()
 
 
+def _pointed_model(pointer: str) -> dict:
+    """The pointer file's model without `activated_at`, which a restore writes anew."""
+    return {k: v for k, v in json.loads(pointer).items() if k != "activated_at"}
+
+
 def test_impossible_floor_stops_activation(trained):
     home, definitions, instance, _ = trained
     before = _state(home)
@@ -182,10 +187,7 @@ def test_a_checkpoint_the_service_cannot_load_fails_the_confirmation_and_is_roll
     assert not [e for e in refused.get_asset_materialization_events() if e.asset_key.path == ["active_checkpoint"]]
     failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error.message
     assert str(broken) in failure and "restored" in failure
-    def model(pointer: str) -> dict:  # restoring writes the previous model again, with a new activated_at
-        return {k: v for k, v in json.loads(pointer).items() if k != "activated_at"}
-
-    assert model(_state(home)[0]) == model(before[0]) and _state(home)[1] == before[1]
+    assert _pointed_model(_state(home)[0]) == _pointed_model(before[0]) and _state(home)[1] == before[1]
     assert serving.current().active.checkpoint == json.loads(before[0])["checkpoint"]
     local = LocalBackend(home / "runs")
     listed = local.list_models()
