@@ -6,8 +6,9 @@ persistent Dagster instance (DEMO_DIR/dagster_home, deploy/dagster.yaml), run th
 then one prediction with the active checkpoint, and a summary. `make ui` opens the same instance in the UI.
 
 Environment: DEMO_DIR, DEMO_IMAGES (default 400), DEMO_MINUTES (training budget, default 9: the whole demo then
-takes about 10 minutes on 2 cores), DEMO_FLOOR (the demo's mAP50 gate, default 0.02). Re-running reuses the dataset and its conversion (a cache hit) and trains a new run, which
-must then also beat the incumbent (the previous demo's model) to be activated.
+takes about 10 minutes on 2 cores), DEMO_FLOOR (the demo's mAP50 gate, default 0.02). Re-running reuses the
+dataset and its conversion (a cache hit) and trains a new run, which must then also beat the incumbent (the
+previous demo's model) to be activated.
 """
 
 import json
@@ -29,10 +30,10 @@ from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
 
 DATASET = "synthetic"
 ROOT = Path(__file__).resolve().parents[1]
-# A working run of the recipe reaches mAP50 0.03-0.18 in 8 minutes on 2 idle cores, depending on the seed (the
-# recipe's 0: 0.18, and 0.34 in 10 minutes with the faster optimiser step; 7: 0.15; 123: 0.03;
-# bench/bench_train_quality.py), and a run that did not learn stays below 0.01. The floor separates the two
-# even when other hardware's rounding leads to a weaker trajectory.
+# A working run of the recipe on 2 idle cores reaches mAP50 0.20-0.34 in 10 minutes depending on the seed (the
+# recipe's 0: 0.34, 123: 0.20; bench/bench_train_quality.py; the demo's 9 minutes: 0.28), and a run that did not
+# learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a weaker
+# trajectory.
 DEFAULT_FLOOR = 0.02
 
 

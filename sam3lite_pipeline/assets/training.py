@@ -69,8 +69,9 @@ def trained_model(
     now = dataset_signature(dataset_dir, cache_dir=storage.cache_dir)
     changed = now != trained_on or trained_on != coco["signature"]
     if changed:
-        context.log.warning(f"the dataset changed during training ({trained_on[:12]} -> {now[:12]}): this result is "
-                            f"marked and will not be activated; retrain on the new data")
+        context.log.warning(f"the dataset changed after its conversion (converted {coco['signature'][:12]}, trained "
+                            f"on {trained_on[:12]}, now {now[:12]}): this result is marked and will not be "
+                            f"activated; retrain on the new data")
     run_dir = Path(result["run_dir"])
     best = result["best_metrics"] or {}
     metadata: dict[str, Any] = {

@@ -5,8 +5,9 @@ Dagster's PipesSubprocessClient forwards a cancellation to its direct child only
 left running with the GPU (reference/dagster_facts.md section 6). Here the child starts a new session, and a
 cancellation, the wall-clock limit or any error on our side sends SIGTERM to the child (training saves last.ckpt
 at the end of its step and exits; torchrun forwards the signal to its workers), then SIGKILL to whatever of the
-group is left. Checkpoints are never torn: they are written to a temporary file and renamed. The child's stdout/stderr go to the step's captured logs as they come; the last lines are kept for the
-error message when it exits non-zero.
+group is left. Checkpoints are never torn: they are written to a temporary file and renamed. The child's
+stdout/stderr go to the step's captured logs as they come; the last lines are kept for the error message when it
+exits non-zero.
 """
 
 from __future__ import annotations
