@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from sam3lite_core.checkpoint import load_checkpoint, save_checkpoint
 from sam3lite_core.eval.coco_eval import STAT_NAMES
 from sam3lite_core.model.sam3lite import build_model
+from sam3lite_core.train.data import cpu_threads, worker_count
 from sam3lite_core.train.loop import train
 from train_helpers import Recorder, make_dataset, threads, tiny_config
 
@@ -126,6 +129,43 @@ def test_time_limit_stops_cleanly_with_checkpoints(work):
     state = torch.load(result.last_checkpoint, weights_only=True)["train_state"]
     assert state["micro_batches_done"] == 1 and state["validations"] == 1  # validated at the stop
     assert Path(result.export_checkpoint).is_file() and result.best_metrics
+
+
+@pytest.mark.parametrize(("cpus", "device", "requested", "workers", "threads_left"), [
+    (2, "cpu", 4, 0, 2), (2, "cpu", 1, 1, 1), (1, "cpu", 1, 0, 1), (16, "cpu", 4, 4, 12), (8, "cpu", 8, 2, 6),
+    (4, "cuda", 4, 3, 1),
+])
+def test_loader_workers_take_whole_cores_from_the_training_threads(
+    monkeypatch, cpus, device, requested, workers, threads_left
+):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert worker_count(requested, torch.device(device)) == workers
+    assert cpu_threads(workers) == threads_left
+
+
+def test_a_loader_worker_changes_nothing_but_the_threads(work, monkeypatch):
+    """On 2 CPUs one worker loads next to one training thread; the samples, hence the losses, are the same."""
+    dataset, runs = work
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    seen = {}
+
+    def during_training(event):
+        if event.kind == "metric" and event.data["phase"] == "train":
+            seen.setdefault("threads", torch.get_num_threads())
+            seen.setdefault("workers", len(multiprocessing.active_children()))
+
+    losses = {}
+    for workers in (0, 1):
+        recorder = Recorder()
+        with threads(2):
+            train(tiny_config(dataset, runs, run_name=f"workers-{workers}", max_epochs=1, num_train_workers=workers,
+                              log_every_batch=True), lambda e: (recorder(e), workers and during_training(e)))
+            assert torch.get_num_threads() == 2  # given back
+        losses[workers] = [m["loss"] for m in recorder.train_metrics()]
+    assert seen == {"threads": 1, "workers": 1}
+    assert len(losses[0]) == 5 and losses[1] == pytest.approx(losses[0], rel=1e-3)  # threads sum in another order
 
 
 def test_nonfinite_losses_are_skipped_then_abort(work, tmp_path):

@@ -1,6 +1,7 @@
 """Each training option changes what a step does: gradient accumulation, activation checkpointing, the frozen
-text encoder with cached features, EMA, autocast, gradient clipping, the non-finite skip and hard-example mining.
-Built from the real components of a tiny run (sam3lite_core.train.components) and driven step by step."""
+text encoder with cached features, EMA, autocast, denoising queries, gradient clipping, the non-finite skip and
+hard-example mining. Built from the real components of a tiny run (sam3lite_core.train.components) and driven
+step by step."""
 
 from __future__ import annotations
 
@@ -122,6 +123,25 @@ def test_bf16_autocast_changes_the_numerics(work):
         losses[amp] = forward_backward(c, batches(c, 1))[0].item()
     assert losses["off"] != losses["bf16"] and losses["bf16"] == pytest.approx(losses["off"], rel=0.05)
     assert build(work).amp == "off"  # auto on a CPU
+
+
+def test_denoising_queries_add_a_loss_and_change_the_gradient(work, monkeypatch):
+    given = []
+    off, on = build(work), build(work, denoising_groups=2, denoising_box_noise=0.3)
+    assert (on.cfg.denoising_config().groups, on.cfg.denoising_config().box_noise) == (2, 0.3)
+    (batch,) = batches(off, 1)
+    decoder = on.model.transformer.decoder
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *args: given.append(args[-1]) or forward(*args))
+    torch.manual_seed(0)
+    loss_off = forward_backward(off, [batch])[0].item()
+    torch.manual_seed(0)
+    loss_on = forward_backward(on, [batch])[0].item()
+    (anchors,) = given
+    assert anchors.shape == (2 * batch.target_boxes.shape[1], batch.num_queries, 4)
+    assert loss_on > loss_off  # the same matching terms plus the denoising ones
+    changed = grads(on.model)
+    assert any(not torch.equal(changed[name], grad) for name, grad in grads(off.model).items())
 
 
 def test_gradient_clipping(work):

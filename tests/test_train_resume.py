@@ -14,7 +14,7 @@ from sam3lite_core.train.loop import train
 from train_helpers import Interrupted, Recorder, make_dataset, threads, tiny_config
 
 RUN = {"max_epochs": 3, "checkpoint_every_steps": 3, "val_epoch_freq": 2, "hflip_prob": 0.5, "box_jitter": 0.05,
-       "ema": True, "hard_example_mining": True, "hard_example_fraction": 0.4,
+       "ema": True, "hard_example_mining": True, "hard_example_fraction": 0.4, "denoising_groups": 2,
        "prompt_variants": {"red circle": "disc, round"}}
 
 

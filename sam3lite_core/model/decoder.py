@@ -51,14 +51,15 @@ class DecoderLayer(nn.Module):
         prompt: torch.Tensor,
         prompt_mask: torch.Tensor,
         rpb: torch.Tensor,
-        num_o2m: int,
+        num_independent: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tgt, query_pos [N, Q, D] (the last num_o2m of the N queries are one-to-many), presence [1, Q, D],
-        memory, memory_pos [HW, Q, D], prompt [P, Q, D], prompt_mask [Q, P], rpb [Q * heads, 1 + N, HW] (row 0
-        for the presence token) -> (tgt [N, Q, D], presence [1, Q, D])."""
+        """tgt, query_pos [N, Q, D] (the last num_independent of the N queries are one-to-many or denoising),
+        presence [1, Q, D], memory, memory_pos [HW, Q, D], prompt [P, Q, D], prompt_mask [Q, P],
+        rpb [Q * heads, 1 + N, HW] (row 0 for the presence token) -> (tgt [N, Q, D], presence [1, Q, D])."""
         # The presence token joins the one-to-one queries with a zero position; one-to-many queries skip
-        # self-attention (DAC) so they cannot suppress each other, but share every other sub-layer.
-        num_o2o = tgt.shape[0] - num_o2m
+        # self-attention (DAC) so they cannot suppress each other, and denoising queries skip it so they cannot
+        # show their boxes to the others; both share every other sub-layer.
+        num_o2o = tgt.shape[0] - num_independent
         zero_pos = torch.zeros_like(presence)
         x = torch.cat([presence, tgt[:num_o2o]], dim=0)
         q = k = x + torch.cat([zero_pos, query_pos[:num_o2o]], dim=0)
@@ -123,28 +124,35 @@ class BoxDecoder(nn.Module):
         feat_size: tuple[int, int],
         prompt: torch.Tensor,
         prompt_mask: torch.Tensor,
+        denoising_anchors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """memory, memory_pos [HW, Q, D] seq-first with feat_size = (H, W); prompt [P, Q, D], prompt_mask [Q, P]
+        """memory, memory_pos [HW, Q, D] seq-first with feat_size = (H, W); prompt [P, Q, D], prompt_mask [Q, P];
+        denoising_anchors [Ndn, Q, 4] cxcywh (training only, train/denoising.py)
         -> (hs [L, Q, N, D] normalised queries, boxes [L, Q, N, 4] cxcywh in [0, 1], presence logits [L, Q, 1]).
 
         N = num_queries in eval; in training with DAC, N = 2 * num_queries and the second half are the
-        one-to-many queries (same embeddings and anchors, no self-attention).
+        one-to-many queries (same embeddings and anchors, no self-attention); denoising queries (zero content,
+        the given anchors, no self-attention) come last: N grows by Ndn.
         """
         num_q = memory.shape[1]
         repeats = 2 if self.dac and self.training else 1
-        num_o2m = self.num_queries if repeats == 2 else 0
+        num_independent = self.num_queries if repeats == 2 else 0
         tgt = self.query_embed.weight.unsqueeze(1).repeat(repeats, num_q, 1)  # [N, Q, D]
         # anchors: each layer's input boxes, first the learned ones (upstream lets the first layer's query
         # position and RPB train them), then the previous layer's boxes detached. reference: the same values,
         # with the graph through the previous layer's box offset, which the returned boxes build on.
         anchors = self.reference_points.weight.unsqueeze(1).repeat(repeats, num_q, 1).sigmoid()  # [N, Q, 4]
+        if denoising_anchors is not None:
+            tgt = torch.cat([tgt, tgt.new_zeros(denoising_anchors.shape[0], num_q, tgt.shape[-1])])
+            anchors = torch.cat([anchors, denoising_anchors.to(anchors.dtype)])
+            num_independent += denoising_anchors.shape[0]
         reference = anchors
         presence = self.presence_token.weight.unsqueeze(1).expand(1, num_q, -1)
         all_hs, all_boxes, all_presence = [], [], []
         for layer in self.layers:
             query_pos = self.ref_point_head(self._anchor_embedding(anchors))
             rpb = self._box_rpb(anchors, feat_size)
-            args = (tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask, rpb, num_o2m)
+            args = (tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask, rpb, num_independent)
             if self.activation_checkpointing and self.training:
                 tgt, presence = checkpoint(layer, *args, use_reentrant=False)
             else:

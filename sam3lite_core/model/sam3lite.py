@@ -78,15 +78,17 @@ class Sam3Lite(nn.Module):
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
-    def forward(self, batch: Batch) -> dict[str, Any]:
-        """`ground(encode_image(batch.images), batch)`: the outputs documented at `ground`."""
-        return self.ground(self.encode_image(batch.images), batch)
+    def forward(self, batch: Batch, denoising_anchors: torch.Tensor | None = None) -> dict[str, Any]:
+        """`ground(encode_image(batch.images), batch, denoising_anchors)`: the outputs documented at `ground`."""
+        return self.ground(self.encode_image(batch.images), batch, denoising_anchors)
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """images float [B, 3, S, S] normalised to [-1, 1] -> their ImageFeatures (the vision trunk and neck)."""
         return ImageFeatures(*self.backbone.forward_image(images))
 
-    def ground(self, image_features: ImageFeatures, batch: Batch) -> dict[str, Any]:
+    def ground(
+        self, image_features: ImageFeatures, batch: Batch, denoising_anchors: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Detect, for each of the Q find queries of `batch`, the objects its prompt names in its image.
 
         Reads `image_features` (of the B images that batch.img_ids index), and from `batch` img_ids, prompts
@@ -103,8 +105,12 @@ class Sam3Lite(nn.Module):
         The detection score is sigmoid(pred_logits) * sigmoid(presence_logit_dec).
         In training mode also (no matching is done here):
           pred_logits_o2m, pred_boxes_o2m, pred_boxes_xyxy_o2m   the one-to-many (DAC) queries, same shapes
+          pred_logits_dn [Q, Ndn, 1], pred_boxes_dn [Q, Ndn, 4]   with denoising_anchors [Ndn, Q, 4] (cxcywh,
+                        train/denoising.py): the queries that start from them, in their order
           aux_outputs   one dict per earlier decoder layer (decoder_layers - 1) with all the keys above
         """
+        if denoising_anchors is not None and not self.training:
+            raise ValueError("denoising_anchors are for training: the model is in eval mode")
         features, pos = image_features  # [B, D, H, W] each
         feat_size = (features.shape[-2], features.shape[-1])
         # Seq-first and contiguous. A permuted channel-major view would hand its strides on to every residual
@@ -121,15 +127,25 @@ class Sam3Lite(nn.Module):
         prompt_mask = torch.cat([text_mask[batch.prompt_ids], geometry_mask], dim=1)  # [Q, L + Ng]
 
         memory = self.transformer.encoder(image, image_pos, batch.img_ids, prompt, prompt_mask)
-        hs, boxes, presence = self.transformer.decoder(memory, query_pos, feat_size, prompt, prompt_mask)
+        hs, boxes, presence = self.transformer.decoder(
+            memory, query_pos, feat_size, prompt, prompt_mask, denoising_anchors
+        )
         if not self.training:  # inference reads the last layer only
             hs, boxes, presence = hs[-1:], boxes[-1:], presence[-1:]
         logits = self.dot_prod_scoring(hs, prompt, prompt_mask)
-        return self._outputs(logits, boxes, presence)
+        num_denoising = 0 if denoising_anchors is None else denoising_anchors.shape[0]
+        return self._outputs(logits, boxes, presence, num_denoising)
 
-    def _outputs(self, logits: torch.Tensor, boxes: torch.Tensor, presence: torch.Tensor) -> dict[str, Any]:
-        """logits [L, Q, N, 1], boxes [L, Q, N, 4], presence [L, Q, 1] -> the forward dict."""
+    def _outputs(
+        self, logits: torch.Tensor, boxes: torch.Tensor, presence: torch.Tensor, num_denoising: int
+    ) -> dict[str, Any]:
+        """logits [L, Q, N, 1], boxes [L, Q, N, 4], presence [L, Q, 1]; the last num_denoising of the N are
+        denoising queries -> the forward dict."""
         num_o2o = self.cfg.transformer.num_queries
+        if num_denoising:
+            num_matched = boxes.shape[2] - num_denoising
+            dn_logits, dn_boxes = logits[:, :, num_matched:], boxes[:, :, num_matched:]
+            logits, boxes = logits[:, :, :num_matched], boxes[:, :, :num_matched]
         layers = []
         for layer_logits, layer_boxes, layer_presence in zip(logits, boxes, presence):
             out = {
@@ -143,6 +159,8 @@ class Sam3Lite(nn.Module):
                 out["pred_boxes_o2m"] = layer_boxes[:, num_o2o:]
                 out["pred_boxes_xyxy_o2m"] = box_cxcywh_to_xyxy(layer_boxes[:, num_o2o:])
             layers.append(out)
+        for layer, out in enumerate(layers if num_denoising else []):
+            out["pred_logits_dn"], out["pred_boxes_dn"] = dn_logits[layer], dn_boxes[layer]
         out = layers[-1]
         if self.training:
             out["aux_outputs"] = layers[:-1]

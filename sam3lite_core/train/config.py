@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch-based; imported where used so that reading a config s
     from sam3lite_core.data.dataset import LoaderSettings
     from sam3lite_core.data.sampler import BalanceSettings
     from sam3lite_core.model.config import ModelConfig
+    from sam3lite_core.train.denoising import DenoisingConfig
     from sam3lite_core.train.losses import LossConfig
     from sam3lite_core.train.optim import OptimConfig
     from sam3lite_core.train.schedule import ScheduleConfig
@@ -68,7 +69,10 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, description="micro-batches per optimiser step (upstream splits one batch instead)"
     )
-    num_train_workers: int = Field(default=4, ge=0, description="capped at the CPU count minus one")
+    num_train_workers: int = Field(
+        default=4, ge=0,
+        description="capped at the CPU count minus one; on a CPU, more than half the CPU count becomes a quarter",
+    )
     num_val_workers: int = Field(default=2, ge=0)
     num_gpus: int = Field(default=1, ge=1, description="processes the launcher starts (torchrun); read by launchers")
     resolution: int | None = Field(default=None, ge=28, description="input side in px; None = the preset's")
@@ -103,6 +107,14 @@ class TrainConfig(BaseModel):
     scheduler_timescale: int = Field(default=20, ge=1)
     scheduler_cooldown: int = Field(default=20, ge=0)
     o2m_weight: float = Field(default=2.0, ge=0.0, description="weight of the one-to-many loss")
+    denoising_groups: int = Field(
+        default=0, ge=0, le=16,
+        description="noised copies of every ground-truth box fed to the decoder as extra training queries "
+        "(DN-DETR; ours); 0 = off",
+    )
+    denoising_box_noise: float = Field(
+        default=0.4, gt=0.0, le=1.0, description="each edge of a denoising box moves by up to this x half its side"
+    )
     loss_pad_num_queries: int | None = Field(
         default=200, ge=1,
         description="classification loss averaged as if over at least this many box queries (upstream 200); "
@@ -258,6 +270,11 @@ class TrainConfig(BaseModel):
         from sam3lite_core.train.losses import LossConfig
 
         return LossConfig(o2m_weight=self.o2m_weight, pad_num_queries=self.loss_pad_num_queries)
+
+    def denoising_config(self) -> "DenoisingConfig":
+        from sam3lite_core.train.denoising import DenoisingConfig
+
+        return DenoisingConfig(groups=self.denoising_groups, box_noise=self.denoising_box_noise)
 
     def optim_config(self) -> "OptimConfig":
         from sam3lite_core.train.optim import OptimConfig

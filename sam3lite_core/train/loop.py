@@ -25,6 +25,7 @@ from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import Components, build_components
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.data import cpu_threads, worker_count
+from sam3lite_core.train.denoising import make_denoising_queries
 from sam3lite_core.train.distributed import all_reduce, any_rank, barrier, init_distributed, shutdown
 from sam3lite_core.train.evaluate import autocast, evaluate
 from sam3lite_core.train.events import EventHandler, log_event, metric_event, progress_event, result_event
@@ -201,9 +202,10 @@ def forward_backward(c: Components, micro_batches: list[Batch]) -> tuple[torch.T
         # Gradients are averaged across ranks once, on the last micro-batch.
         sync = contextlib.nullcontext() if last or c.ddp is c.model else c.ddp.no_sync()
         with sync:
+            denoising = make_denoising_queries(batch.target_boxes, batch.num_boxes, c.cfg.denoising_config())
             with autocast(device, c.amp):
-                outputs = c.ddp(batch)
-            losses = c.criterion(outputs, batch.target_boxes, batch.num_boxes)
+                outputs = c.ddp(batch, None if denoising is None else denoising.anchors)
+            losses = c.criterion(outputs, batch.target_boxes, batch.num_boxes, denoising)
             loss = losses["loss"] / len(micro_batches)
             c.scaler.scale(loss).backward()
         total += loss.detach()

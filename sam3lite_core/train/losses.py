@@ -1,6 +1,7 @@
 """The detection loss: matching plus IoU-aware classification, presence, L1 and GIoU terms, on every decoder
 layer and on the one-to-many branch (upstream `Sam3LossWrapper` with `IABCEMdetr` and `Boxes`, configured as
-the roboflow fine-tune; reference/sam3_facts.md section 3).
+the roboflow fine-tune; reference/sam3_facts.md section 3), and on the denoising queries when there are any
+(ours, train/denoising.py).
 
 Unlike upstream, the model runs no matcher: this criterion matches every layer itself.
 """
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam3lite_core import box_ops
+from sam3lite_core.train.denoising import DenoisingQueries
 from sam3lite_core.train.matcher import HungarianMatcher, Match
 from sam3lite_core.train.o2m_matcher import OneToManyMatcher
 
@@ -39,6 +41,7 @@ class LossConfig:
     presence_alpha: float = 0.5
     presence_gamma: float = 0.0
     o2m_weight: float = 2.0
+    denoising_weight: float = 1.0  # of the denoising queries' terms (their box terms are per copy)
     # The classification mean is taken as if each query had at least this many predictions, so the CE scale
     # does not grow when a small preset predicts fewer boxes. None: plain mean.
     pad_num_queries: int | None = 200
@@ -74,18 +77,25 @@ class SetCriterion(nn.Module):
         }
 
     def forward(
-        self, outputs: Mapping[str, Any], target_boxes: torch.Tensor, num_boxes: torch.Tensor
+        self,
+        outputs: Mapping[str, Any],
+        target_boxes: torch.Tensor,
+        num_boxes: torch.Tensor,
+        denoising: DenoisingQueries | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss of one batch of Q find queries.
 
         outputs: "pred_logits" [Q, N, 1], "pred_boxes" [Q, N, 4] cxcywh in [0, 1], "presence_logit_dec" [Q, 1];
             optional "aux_outputs" (one dict per earlier decoder layer, same keys) and one-to-many predictions
-            "pred_logits_o2m" [Q, No, 1], "pred_boxes_o2m" [Q, No, 4] (in the main and every aux dict).
+            "pred_logits_o2m" [Q, No, 1], "pred_boxes_o2m" [Q, No, 4] (in the main and every aux dict); with
+            `denoising` (the queries the model was given) also "pred_logits_dn", "pred_boxes_dn" in every dict.
         target_boxes [Q, Tmax, 4] cxcywh in [0, 1], zero-padded; num_boxes [Q] valid rows per query.
 
         Returns the terms loss_ce, loss_bbox, loss_giou, loss_presence of the last layer, the same suffixed
-        `_{i}` for aux layer i, and `_o2m` for the one-to-many branch (already times o2m_weight; no presence
-        term), all detached for logging; and "loss" = [sqrt(Q) *] sum of weight_dict[term] * term, to backprop.
+        `_{i}` for aux layer i, `_o2m` for the one-to-many branch (already times o2m_weight; no presence term)
+        and `_dn` for the denoising queries (times denoising_weight; each query is matched to the box it was
+        noised from, only its own prediction is scored), all detached for logging; and
+        "loss" = [sqrt(Q) *] sum of weight_dict[term] * term, to backprop.
         """
         targets = self._targets(target_boxes, num_boxes)
         layers = [outputs, *outputs.get("aux_outputs", [])]
@@ -113,6 +123,9 @@ class SetCriterion(nn.Module):
                 terms = {key: value * self.config.o2m_weight for key, value in terms.items()}
                 total = total + self._weighted_sum(terms)
                 losses.update({f"{key}{suffix}_o2m": value for key, value in terms.items()})
+
+        if denoising is not None:
+            total = total + self._denoising(layers, suffixes, denoising, targets, losses)
 
         if self.config.scale_by_sqrt_queries:
             total = total * target_boxes.shape[0] ** 0.5
@@ -162,6 +175,29 @@ class SetCriterion(nn.Module):
             per_layer.append(Match(query_idx, match.pred_idx[pairs], match.target_idx[pairs]))
         return per_layer
 
+    def _denoising(
+        self,
+        layers: list[Mapping[str, Any]],
+        suffixes: list[str],
+        denoising: DenoisingQueries,
+        targets: _Targets,
+        losses: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Weighted sum of the denoising terms of every layer; the terms go into `losses` with suffix `_dn`."""
+        query, slot = denoising.valid.nonzero(as_tuple=True)
+        match = Match(query, slot, denoising.target_idx[slot])
+        copies = denoising.anchors.shape[0] // targets.boxes.shape[1]
+        scored = denoising.valid.float()
+        total = targets.normaliser.new_zeros(())
+        for out, suffix in zip(layers, suffixes):
+            terms = self._layer_terms(out["pred_logits_dn"], out["pred_boxes_dn"], None, match, targets, scored)
+            terms["loss_bbox"] = terms["loss_bbox"] / copies
+            terms["loss_giou"] = terms["loss_giou"] / copies
+            terms = {key: value * self.config.denoising_weight for key, value in terms.items()}
+            total = total + self._weighted_sum(terms)
+            losses.update({f"{key}{suffix}_dn": value for key, value in terms.items()})
+        return total
+
     def _layer_terms(
         self,
         pred_logits: torch.Tensor,
@@ -169,8 +205,10 @@ class SetCriterion(nn.Module):
         presence_logits: torch.Tensor | None,
         match: Match,
         targets: _Targets,
+        scored: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Unweighted terms of one layer; shapes as in `forward`."""
+        """Unweighted terms of one layer; shapes as in `forward`. scored [Q, N]: which predictions take part in
+        the classification term (default: all of the queries with a visible ground-truth box)."""
         logits = pred_logits.squeeze(-1).float()  # [Q, N]
         query, pred, target = match
         matched = pred_boxes.float()[query, pred]  # [M, 4]
@@ -179,7 +217,9 @@ class SetCriterion(nn.Module):
         l1 = F.l1_loss(matched, targets.boxes[query, target], reduction="none")
         giou = _paired_generalized_iou(matched_xyxy, target_xyxy)
         terms = {
-            "loss_ce": self._classification(logits, match, matched_xyxy, target_xyxy, targets.present),
+            "loss_ce": self._classification(
+                logits, match, matched_xyxy, target_xyxy, targets.present if scored is None else scored
+            ),
             "loss_bbox": l1.sum() / targets.normaliser,
             "loss_giou": (1 - giou).sum() / targets.normaliser,
         }
@@ -196,11 +236,12 @@ class SetCriterion(nn.Module):
         match: Match,
         matched_xyxy: torch.Tensor,
         target_xyxy: torch.Tensor,
-        present: torch.Tensor,
+        scored: torch.Tensor,
     ) -> torch.Tensor:
         """IoU-aware BCE: matched predictions regress to the soft target t = clamp(p^alpha IoU^(1-alpha), 0.01)
-        with weight pos_weight; unmatched ones go to 0, weighted by p^gamma. Queries without a visible
-        ground-truth box get no per-prediction term (the presence head covers them)."""
+        with weight pos_weight; unmatched ones go to 0, weighted by p^gamma. Only predictions where
+        scored ([Q, 1] or [Q, N]) is 1 count: queries without a visible ground-truth box get no per-prediction
+        term (the presence head covers them)."""
         cfg = self.config
         query, pred, _ = match
         prob = logits.sigmoid()
@@ -212,7 +253,7 @@ class SetCriterion(nn.Module):
             soft_target[query, pred] = (prob[query, pred] ** cfg.alpha * iou ** (1 - cfg.alpha)).clamp(min=0.01)
         positive_loss = F.binary_cross_entropy_with_logits(logits, soft_target, reduction="none") * positive
         negative_loss = F.binary_cross_entropy_with_logits(logits, positive, reduction="none") * (1 - positive)
-        loss = (positive_loss * cfg.pos_weight + negative_loss * prob**cfg.gamma) * present  # [Q, N]
+        loss = (positive_loss * cfg.pos_weight + negative_loss * prob**cfg.gamma) * scored  # [Q, N]
         num_queries, num_preds = logits.shape
         return loss.sum() / (num_queries * max(num_preds, cfg.pad_num_queries or 0))
 
