@@ -30,9 +30,9 @@ from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
 
 DATASET = "synthetic"
 ROOT = Path(__file__).resolve().parents[1]
-# A working run of the recipe on 2 idle cores reaches mAP50 0.20-0.34 in 10 minutes depending on the seed (the
-# recipe's 0: 0.34, 123: 0.20; bench/bench_train_quality.py; the demo's 9 minutes: 0.28), and a run that did not
-# learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a weaker
+# A working run of the recipe on 2 idle cores reaches mAP50 0.27-0.44 in 10 minutes depending on the seed (the
+# recipe's 0: 0.41, 123: 0.27, 7: 0.44; bench/bench_train_quality.py; the demo's 9 minutes: 0.37), and a run that
+# did not learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a weaker
 # trajectory.
 DEFAULT_FLOOR = 0.02
 

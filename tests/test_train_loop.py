@@ -54,6 +54,8 @@ def test_run_folder_contents(finished):
         rows = list(csv.DictReader(handle))
     phases = [row["phase"] for row in rows]
     assert phases.count("train") == 15 and phases.count("epoch") == 3 and phases.count("val") == 2
+    times = [float(row["time_s"]) for row in rows if row["time_s"]]
+    assert times == sorted(times) and len(set(times)) > len(times) / 2  # to the ms, not 6 digits of a unix time
     log = (run / "train.log").read_text()
     assert "[sam3lite-result]" in log and "Train Epoch: [2][" in log and "Meters: {" in log
 

@@ -71,7 +71,7 @@ class RunFolder:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({key: _cell(value) for key, value in row.items()})
+            writer.writerow({key: _cell(key, value) for key, value in row.items()})
         self._scalars(row)
 
     def truncate_metrics(self, step: int) -> None:
@@ -114,8 +114,9 @@ class RunFolder:
             self._tensorboard = None
 
 
-def _cell(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+def _cell(key: str, value: Any) -> Any:
+    # 6 significant digits for metrics; a unix time needs all of its digits (to the ms it was rounded to).
+    return f"{value:.6g}" if isinstance(value, float) and key != "time_s" else value
 
 
 def _atomic_text(path: Path, text: str) -> None:
