@@ -41,7 +41,6 @@ class LossConfig:
     presence_alpha: float = 0.5
     presence_gamma: float = 0.0
     o2m_weight: float = 2.0
-    denoising_weight: float = 1.0  # of the denoising queries' terms (their box terms are per copy)
     # The classification mean is taken as if each query had at least this many predictions, so the CE scale
     # does not grow when a small preset predicts fewer boxes. None: plain mean.
     pad_num_queries: int | None = 200
@@ -93,8 +92,8 @@ class SetCriterion(nn.Module):
 
         Returns the terms loss_ce, loss_bbox, loss_giou, loss_presence of the last layer, the same suffixed
         `_{i}` for aux layer i, `_o2m` for the one-to-many branch (already times o2m_weight; no presence term)
-        and `_dn` for the denoising queries (times denoising_weight; each query is matched to the box it was
-        noised from, only its own prediction is scored), all detached for logging; and
+        and `_dn` for the denoising queries (each is matched to the box it was noised from, box terms per copy,
+        only its own prediction is scored), all detached for logging; and
         "loss" = [sqrt(Q) *] sum of weight_dict[term] * term, to backprop.
         """
         targets = self._targets(target_boxes, num_boxes)
@@ -193,7 +192,6 @@ class SetCriterion(nn.Module):
             terms = self._layer_terms(out["pred_logits_dn"], out["pred_boxes_dn"], None, match, targets, scored)
             terms["loss_bbox"] = terms["loss_bbox"] / copies
             terms["loss_giou"] = terms["loss_giou"] / copies
-            terms = {key: value * self.config.denoising_weight for key, value in terms.items()}
             total = total + self._weighted_sum(terms)
             losses.update({f"{key}{suffix}_dn": value for key, value in terms.items()})
         return total
