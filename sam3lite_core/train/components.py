@@ -16,6 +16,7 @@ from sam3lite_core.data.layout import find_layout
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
+from sam3lite_core.train.denoising import DenoisingConfig
 from sam3lite_core.train.data import TrainData, build_train_data, limited_coco
 from sam3lite_core.train.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.train.ema import ModelEMA
@@ -60,6 +61,7 @@ class Components:
     model: Sam3Lite  # unwrapped: names, checkpoints, EMA
     ddp: nn.Module  # what the forward goes through (the model itself on one process)
     criterion: SetCriterion
+    denoising: DenoisingConfig
     optimizer: torch.optim.Optimizer
     schedule: InverseSqrtSchedule
     scaler: torch.amp.GradScaler
@@ -150,7 +152,7 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
     total = cfg.max_epochs * train_data.steps_per_epoch
     return Components(
         cfg=cfg, info=info, data_result=data_result, model=model, ddp=wrap_ddp(model, info),
-        criterion=SetCriterion(cfg.loss_config()), optimizer=optimizer,
+        criterion=SetCriterion(cfg.loss_config()), denoising=cfg.denoising_config(), optimizer=optimizer,
         schedule=InverseSqrtSchedule(optimizer, total, cfg.schedule_config()),
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp == "fp16"),
         ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, miner=miner,

@@ -202,7 +202,7 @@ def forward_backward(c: Components, micro_batches: list[Batch]) -> tuple[torch.T
         # Gradients are averaged across ranks once, on the last micro-batch.
         sync = contextlib.nullcontext() if last or c.ddp is c.model else c.ddp.no_sync()
         with sync:
-            denoising = make_denoising_queries(batch.target_boxes, batch.num_boxes, c.cfg.denoising_config())
+            denoising = make_denoising_queries(batch.target_boxes, batch.num_boxes, c.denoising)
             with autocast(device, c.amp):
                 outputs = c.ddp(batch, None if denoising is None else denoising.anchors)
             losses = c.criterion(outputs, batch.target_boxes, batch.num_boxes, denoising)
