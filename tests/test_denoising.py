@@ -74,7 +74,8 @@ def test_denoising_queries_are_invisible_to_the_matching_queries():
 def _outputs(dn_boxes: torch.Tensor, dn_logits: torch.Tensor) -> dict:
     gen = torch.Generator().manual_seed(1)
     layer = {
-        "pred_logits": torch.randn(3, 5, 1, generator=gen), "pred_boxes": torch.rand(3, 5, 4, generator=gen) * 0.5 + 0.1,
+        "pred_logits": torch.randn(3, 5, 1, generator=gen),
+        "pred_boxes": torch.rand(3, 5, 4, generator=gen) * 0.5 + 0.1,
         "presence_logit_dec": torch.randn(3, 1, generator=gen),
         "pred_logits_dn": dn_logits, "pred_boxes_dn": dn_boxes,
     }
