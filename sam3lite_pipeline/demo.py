@@ -2,8 +2,9 @@
 
 In a local workspace (DEMO_DIR, default .sam3lite-demo): write the synthetic YOLO dataset, add its partition to a
 persistent Dagster instance (DEMO_DIR/dagster_home, deploy/dagster.yaml), run the `retrain` job with
-`dagster job execute` (the tiny preset from scratch on a training budget, gates, activation in `local` mode),
-then one prediction with the active checkpoint, and a summary. `make ui` opens the same instance in the UI.
+`dagster job execute` (the tiny preset from scratch on a training budget, one process per core up to the
+recipe's 2, gates, activation in `local` mode), then one prediction with the active checkpoint, and a summary.
+`make ui` opens the same instance in the UI.
 
 Environment: DEMO_DIR, DEMO_IMAGES (default 400), DEMO_MINUTES (training budget, default 9: the whole demo then
 takes about 10 minutes on 2 cores), DEMO_FLOOR (the demo's mAP50 gate, default 0.02). Re-running reuses the
@@ -26,14 +27,14 @@ from PIL import Image
 
 from sam3lite_core.data import SYNTH_CLASSES, write_synth
 from sam3lite_core.serve.state import ModelState
-from sam3lite_core.train.recipes import CPU_FROM_SCRATCH
+from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
 
 DATASET = "synthetic"
 ROOT = Path(__file__).resolve().parents[1]
-# A working run of the recipe on 2 idle cores reaches mAP50 0.27-0.44 in 10 minutes depending on the seed (the
-# recipe's 0: 0.41, 123: 0.27, 7: 0.44; bench/bench_train_quality.py; the demo's 9 minutes: 0.37), and a run that
-# did not learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a weaker
-# trajectory.
+# A working run of the recipe on 2 idle cores reaches mAP50 0.48-0.56 in 10 minutes depending on the seed (the
+# recipe's 0: 0.53-0.56, 123: 0.48, 7: 0.56; bench/bench_train_quality.py; the demo's 9 minutes: 0.505), and a run
+# that did not learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a
+# weaker trajectory.
 DEFAULT_FLOOR = 0.02
 
 
@@ -63,8 +64,10 @@ def main() -> int:
         if not instance.has_dynamic_partition("datasets", DATASET):
             instance.add_dynamic_partitions("datasets", [DATASET])
 
+    # The recipe's data-parallel processes (one per core), fewer on a machine with fewer cores.
+    processes = min(CPU_FROM_SCRATCH_PROCESSES, os.cpu_count() or 1)
     run_config = {
-        "ops": {"trained_model": {"config": {**CPU_FROM_SCRATCH, "time_limit_minutes": minutes}}},
+        "ops": {"trained_model": {"config": {**cpu_from_scratch(processes), "time_limit_minutes": minutes}}},
         "resources": {"gates": {"config": {"map_floor": floor}}},
         "execution": {"config": {"in_process": {}}},  # one process: no per-step spawn on 2 cores
         "loggers": {"console": {"config": {"log_level": "INFO"}}},  # Dagster's step bookkeeping stays quiet
@@ -73,6 +76,7 @@ def main() -> int:
     run_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
     env = os.environ | {
         "DAGSTER_HOME": str(dagster_home), "SAM3LITE_HOME": str(workspace), "OMP_WAIT_POLICY": "PASSIVE",
+        "SAM3LITE_NPROC_PER_NODE": str(processes),  # the launcher resource: torchrun when more than one
         # Dagster's notices about its own CLI and Pipes internals (reference/dagster_facts.md section 3).
         "PYTHONWARNINGS": "ignore:Function `job_execute_command` is superseded,"
                           "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",

@@ -81,6 +81,33 @@ def test_train_recipe_square_resize_random_pad_normalise():
     assert len(seen_sizes) > 3
 
 
+def test_train_min_scale_narrows_the_sizes_and_at_one_fills_the_canvas():
+    assert train_sizes(1008, 0.8) == list(range(832, 993, 32))
+    assert train_sizes(RES, 1.0) == [RES]
+    torch.manual_seed(0)
+    pipeline = build_transforms(RES, train=True, min_scale=1.0)
+    image = tv_tensors.Image(torch.full((3, 40, 80), 255, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes([[20.0, 10.0, 60.0, 30.0]], format="XYXY", canvas_size=(40, 80))
+    for _ in range(5):
+        out, target = pipeline(image, {"boxes": boxes, "labels": torch.tensor([1])})
+        assert bool((out == 1).all()), "no padding: the image covers the whole canvas"
+        assert target["boxes"][0] == pytest.approx(torch.tensor([0.25, 0.25, 0.75, 0.75]) * RES, abs=1e-3)
+
+
+def test_train_min_scale_reaches_the_dataset_from_the_training_config(converted):
+    from sam3lite_core.train.config import TrainConfig
+
+    def padded_rows_or_columns(train_min_scale: float) -> int:
+        settings = TrainConfig.parse({"resolution": 98, "train_min_scale": train_min_scale}).loader_settings()
+        ds = CocoQueryDataset(converted.train_json, converted.train_images_root, settings, train=True)
+        torch.manual_seed(0)
+        padding = [(ds[i].image[0] == -1) for i in range(len(ds))]
+        return sum(int(p.all(0).sum()) + int(p.all(1).sum()) for p in padding)
+
+    assert padded_rows_or_columns(1.0) == 0
+    assert padded_rows_or_columns(480 / 1008) > 0
+
+
 def test_optional_flip_mirrors_boxes():
     pipeline = build_transforms(RES, train=True, hflip_prob=1.0)
     image = tv_tensors.Image(torch.full((3, 50, 50), 200, dtype=torch.uint8))

@@ -97,3 +97,13 @@ def test_derived_settings():
     assert cfg.detector_config().vision.image_size == 112
     assert TrainConfig(preset="tiny", resolution=224).detector_config().vision.image_size == 224
     assert TrainConfig(preset="sam3").use_activation_checkpointing and not TrainConfig().use_activation_checkpointing
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cpu_recipe_is_a_valid_config_with_the_same_global_batch(processes):
+    from sam3lite_core.train.recipes import GLOBAL_BATCH, cpu_from_scratch
+
+    cfg = TrainConfig.parse(cpu_from_scratch(processes))
+    assert cfg.train_batch_size * processes == GLOBAL_BATCH
+    with pytest.raises(ValueError, match="must divide"):
+        cpu_from_scratch(3)

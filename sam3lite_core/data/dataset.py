@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchvision import tv_tensors
 
 from sam3lite_core.data.images import load_rgb
-from sam3lite_core.data.transforms import build_transforms
+from sam3lite_core.data.transforms import VENDOR_MIN_SCALE, build_transforms
 
 
 class LoaderSettings(BaseModel):
@@ -35,6 +35,10 @@ class LoaderSettings(BaseModel):
     )
     hflip_prob: float = Field(default=0.0, ge=0.0, le=1.0, description="horizontal flip probability (train only)")
     box_jitter: float = Field(default=0.0, ge=0.0, le=0.5, description="box edge noise, share of the side (train only)")
+    train_min_scale: float = Field(
+        default=VENDOR_MIN_SCALE, gt=0.0, le=1.0,
+        description="smallest train resize, share of the resolution (the rest of the canvas is padding)",
+    )
 
 
 @dataclass
@@ -95,6 +99,7 @@ class CocoQueryDataset(torch.utils.data.Dataset):
             self.settings.resolution, train,
             hflip_prob=self.settings.hflip_prob if train else 0.0,
             box_jitter=self.settings.box_jitter if train else 0.0,
+            min_scale=self.settings.train_min_scale,
         )
 
     def __len__(self) -> int:

@@ -1,8 +1,9 @@
 """Joint image + box transforms (torchvision.transforms.v2 with tv_tensors), the vendor recipe.
 
 Train: square resize to s x s (aspect ratio ignored) with s uniform over {480, 512, ..., 992} at 1008 px (scaled
-for other resolutions), zero padding to resolution x resolution at a random offset, degenerate boxes dropped,
-then normalisation with mean = std = 0.5 (padded pixels become -1, as in the vendor pipeline).
+for other resolutions; `min_scale` moves the smallest, down in the same steps or up), zero padding to
+resolution x resolution at a random offset, degenerate boxes dropped, then normalisation with mean = std = 0.5
+(padded pixels become -1, as in the vendor pipeline).
 Validation: resize to resolution x resolution, normalise.
 Optional and off by default: horizontal flip, box jitter (the vendor uses neither).
 
@@ -21,11 +22,16 @@ from torchvision.transforms.v2 import functional as F
 
 VENDOR_RESOLUTION = 1008
 VENDOR_SIZES = tuple(range(480, VENDOR_RESOLUTION, 32))  # 480, 512, ..., 992
+VENDOR_MIN_SCALE = VENDOR_SIZES[0] / VENDOR_RESOLUTION
 
 
-def train_sizes(resolution: int) -> list[int]:
-    """The vendor's multi-scale square sizes, scaled from 1008 px to `resolution`."""
-    return sorted({max(1, round(s * resolution / VENDOR_RESOLUTION)) for s in VENDOR_SIZES})
+def train_sizes(resolution: int, min_scale: float = VENDOR_MIN_SCALE) -> list[int]:
+    """The vendor's multi-scale square sizes 992, 960, ... at 1008 px, down to `min_scale` x 1008 (480 by
+    default), scaled to `resolution`; just `resolution` (no padding) when `min_scale` is above 992 / 1008."""
+    step = VENDOR_SIZES[1] - VENDOR_SIZES[0]
+    smallest = min_scale * VENDOR_RESOLUTION - 1e-6  # 480 / 1008 * 1008 may round above 480
+    kept = range(VENDOR_SIZES[-1], 0, -step)
+    return sorted({max(1, round(s * resolution / VENDOR_RESOLUTION)) for s in kept if s >= smallest}) or [resolution]
 
 
 class RandomPadToSize(v2.Transform):
@@ -61,7 +67,10 @@ class BoxJitter(v2.Transform):
         return tv_tensors.wrap(jittered, like=inpt)
 
 
-def build_transforms(resolution: int, train: bool, hflip_prob: float = 0.0, box_jitter: float = 0.0) -> v2.Compose:
+def build_transforms(
+    resolution: int, train: bool, hflip_prob: float = 0.0, box_jitter: float = 0.0,
+    min_scale: float = VENDOR_MIN_SCALE,
+) -> v2.Compose:
     """The train or validation pipeline for square canvases of `resolution` px."""
     finish = [
         v2.ClampBoundingBoxes(),
@@ -72,7 +81,9 @@ def build_transforms(resolution: int, train: bool, hflip_prob: float = 0.0, box_
     ]
     if not train:
         return v2.Compose([v2.Resize((resolution, resolution)), *finish])
-    steps: list[v2.Transform] = [v2.RandomChoice([v2.Resize((s, s)) for s in train_sizes(resolution)])]
+    steps: list[v2.Transform] = [
+        v2.RandomChoice([v2.Resize((s, s)) for s in train_sizes(resolution, min_scale)])
+    ]
     if hflip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
     if box_jitter > 0:

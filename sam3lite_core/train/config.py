@@ -159,6 +159,11 @@ class TrainConfig(BaseModel):
     background_weight: float = Field(default=1.0, gt=0.0, description="weight of images without boxes (x mean)")
     hflip_prob: float = Field(default=0.0, ge=0.0, le=1.0)
     box_jitter: float = Field(default=0.0, ge=0.0, le=0.5)
+    train_min_scale: float = Field(
+        default=480 / 1008, gt=0.0, le=1.0,  # transforms.VENDOR_MIN_SCALE (this module stays free of torch)
+        description="multi-scale training: each image is resized to a square of at least this share of the "
+        "resolution and zero-padded to it (upstream 480/1008 = 0.476); 1 = always the full resolution (ours)",
+    )
     seed: int = 123
 
     # Refused: box-only.
@@ -300,7 +305,8 @@ class TrainConfig(BaseModel):
         if not self.prompt_randomize:  # always the first variant, as evaluation does
             variants = {k: (v.split(",") if isinstance(v, str) else v)[:1] for k, v in variants.items()}
         return LoaderSettings(
-            resolution=self.image_size, prompt_variants=variants, hflip_prob=self.hflip_prob, box_jitter=self.box_jitter
+            resolution=self.image_size, prompt_variants=variants, hflip_prob=self.hflip_prob,
+            box_jitter=self.box_jitter, train_min_scale=self.train_min_scale,
         )
 
     def balance_settings(self) -> "BalanceSettings":
