@@ -1,4 +1,4 @@
-"""Detection quality reached from scratch within a CPU time budget: recipe CPU_FROM_SCRATCH on the synthetic data.
+"""Detection quality reached from scratch within a CPU time budget: the CPU recipe on the synthetic data.
 
     .venv/bin/python bench/bench_train_quality.py [--minutes 5 10] [--processes N] [--set key=value ...]
                                                   [--workdir DIR]
@@ -8,12 +8,11 @@ folder. For each budget, a fresh training run with `time_limit_minutes` = the bu
 to it, and the run validates once more when time is up), scored on the val split only: COCO mAP50 and mAP
 (AP@[.5:.95]) of the final validation.
 
-The run is what a user types: `python -m torch.distributed.run --standalone --nproc-per-node N -m
-sam3lite_core.train` with the recipe's processes (one per core, data-parallel over gloo), or plain `python -m
-sam3lite_core.train` for `--processes 1`. The configuration is `sam3lite_core.train.recipes.cpu_from_scratch(N)`
-(printed): tuned for training from scratch on a CPU (the vendor's fine-tune learning rates, lr_scale 0.1, are far
-too low without pretrained weights, and the small preset gets too few steps into the budget to leave the DETR
-plateau). The baseline is the goal: mAP50 >= 0.5 within 10 minutes; ratio = ours / goal. Not a test, not the
+The run is what a user types: `sam3lite train --config run.yaml --nproc-per-node N` with the recipe's processes
+(one per core, data-parallel over gloo under torchrun; `--processes 1` trains in one process). The configuration
+is `sam3lite_core.train.recipes.cpu_from_scratch(N)` (printed): tuned for training from scratch on a CPU (the
+vendor's fine-tune learning rates, lr_scale 0.1, are far too low without pretrained weights, and the small preset
+gets too few steps into the budget to leave the DETR plateau). The baseline is the goal: mAP50 >= 0.5 within 10 minutes; ratio = ours / goal. Not a test, not the
 demo's gate.
 """
 
@@ -39,13 +38,6 @@ from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scr
 GOAL_AP50 = 0.5
 
 
-def training_command(processes: int, config_file: Path) -> list[str]:
-    entry = ["-m", "sam3lite_core.train", "--config", str(config_file)]
-    if processes == 1:
-        return [sys.executable, *entry]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *entry]
-
-
 def run_budget(dataset: Path, runs: Path, minutes: float, processes: int, overrides: list[str]) -> dict:
     """One fresh run of `minutes`; its val curve and final numbers, read from the trainer's machine lines."""
     cfg = TrainConfig.parse({**cpu_from_scratch(processes), "log_freq": 10, "dataset": str(dataset),
@@ -60,8 +52,10 @@ def run_budget(dataset: Path, runs: Path, minutes: float, processes: int, overri
     curve: list[dict] = []
     result: dict = {}
     started = time.monotonic()
-    with subprocess.Popen(training_command(processes, config_file), env=env, stdout=subprocess.PIPE, text=True,
-                          bufsize=1) as process:
+    # `sam3lite train` re-launches itself under torchrun for more than one process.
+    command = [sys.executable, "-m", "sam3lite_core.cli", "train", "--config", str(config_file),
+               "--nproc-per-node", str(processes)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith(METRIC_TAG):
