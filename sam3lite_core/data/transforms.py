@@ -21,17 +21,18 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 VENDOR_RESOLUTION = 1008
-VENDOR_SIZES = tuple(range(480, VENDOR_RESOLUTION, 32))  # 480, 512, ..., 992
-VENDOR_MIN_SCALE = VENDOR_SIZES[0] / VENDOR_RESOLUTION
+# The vendor's multi-scale train sizes at 1008 px: 480, 512, ..., 992.
+VENDOR_LARGEST_SIZE = 992
+VENDOR_SIZE_STEP = 32
+VENDOR_MIN_SCALE = 480 / VENDOR_RESOLUTION
 
 
 def train_sizes(resolution: int, min_scale: float = VENDOR_MIN_SCALE) -> list[int]:
     """The vendor's multi-scale square sizes 992, 960, ... at 1008 px, down to `min_scale` x 1008 (480 by
     default), scaled to `resolution`; just `resolution` (no padding) when `min_scale` is above 992 / 1008."""
-    step = VENDOR_SIZES[1] - VENDOR_SIZES[0]
     smallest = min_scale * VENDOR_RESOLUTION - 1e-6  # 480 / 1008 * 1008 may round above 480
-    kept = range(VENDOR_SIZES[-1], 0, -step)
-    return sorted({max(1, round(s * resolution / VENDOR_RESOLUTION)) for s in kept if s >= smallest}) or [resolution]
+    kept = [s for s in range(VENDOR_LARGEST_SIZE, 0, -VENDOR_SIZE_STEP) if s >= smallest]
+    return sorted({max(1, round(s * resolution / VENDOR_RESOLUTION)) for s in kept}) or [resolution]
 
 
 class RandomPadToSize(v2.Transform):
