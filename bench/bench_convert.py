@@ -63,7 +63,7 @@ def run_globox(root: Path, out: Path) -> float:
 
 
 def run_ours(root: Path, cache: Path) -> float:
-    from sam3lite_core.data import convert_dataset
+    from sam3lite_core.data.convert import convert_dataset
 
     start = time.perf_counter()
     result = convert_dataset(root, cache)

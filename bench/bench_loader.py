@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam3lite_core.data import CocoQueryDataset, ConvertSettings, LoaderSettings, convert_dataset
+from sam3lite_core.data.convert import ConvertSettings, convert_dataset
+from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
 
 CLASSES = ("red circle", "blue square", "green triangle", "yellow star")
 

@@ -54,9 +54,9 @@ import vendor_harness  # noqa: E402
 
 from sam3lite_core.batch import Batch  # noqa: E402
 from sam3lite_core.model.config import PRESETS, resolve_config  # noqa: E402
-from sam3lite_core.model.precision import PRECISIONS, inference_autocast  # noqa: E402
+from sam3lite_core.precision import PRECISIONS, amp_of_precision, autocast  # noqa: E402
 from sam3lite_core.model.sam3lite import build_model  # noqa: E402
-from sam3lite_core.predict import preprocess_image  # noqa: E402
+from sam3lite_core.inference import preprocess_image  # noqa: E402
 
 PROMPTS = ["a cat", "traffic light", "person riding a bicycle", "red car"]
 OUTPUT_KEYS = ("pred_logits", "pred_boxes", "presence_logit_dec")
@@ -193,7 +193,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     pixels, _ = preprocess_image(bench_image(cfg.vision.image_size), cfg.vision.image_size)
     prompts = PROMPTS[: args.prompts]
     batch = Batch(pixels[None], torch.zeros(len(prompts), dtype=torch.long), prompts, torch.arange(len(prompts)))
-    with torch.inference_mode(), inference_autocast(args.precision, "cpu"):
+    with torch.inference_mode(), autocast("cpu", amp_of_precision(args.precision)):
         return timed_forward(model, lambda: model(batch))
 
 

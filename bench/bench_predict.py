@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.predict import predict
+from sam3lite_core.inference import predict
 from sam3lite_core.predictor import Predictor
 
 PROMPTS = [f"{color} {shape}" for color in ("red", "blue", "green", "yellow", "white")

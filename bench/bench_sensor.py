@@ -22,7 +22,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from sam3lite_core.data import dataset_signature, write_synth
+from sam3lite_core.data.signature import dataset_signature
+from sam3lite_core.data.synth import write_synth
 from sam3lite_pipeline.resources import StorageRoots
 from sam3lite_pipeline.sensors import dataset_sensor
 

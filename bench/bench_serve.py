@@ -32,7 +32,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from sam3lite_core.checkpoint import save_checkpoint
+from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.predictor import Predictor
 

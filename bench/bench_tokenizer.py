@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import vendor_harness  # noqa: E402
 
-from sam3lite_core import Tokenizer  # noqa: E402
+from sam3lite_core.tokenizer import Tokenizer  # noqa: E402
 
 NOUNS = """person bicycle car motorcycle airplane bus train truck boat traffic-light fire-hydrant stop-sign
 parking-meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie

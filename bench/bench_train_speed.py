@@ -42,7 +42,7 @@ from sam3lite_core.batch import Batch  # noqa: E402
 from sam3lite_core.data.synth import write_synth  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
 from sam3lite_core.train.config import TrainConfig  # noqa: E402
-from sam3lite_core.train.distributed import init_distributed  # noqa: E402
+from sam3lite_core.distributed import init_distributed  # noqa: E402
 from sam3lite_core.train.loop import train_step  # noqa: E402
 
 

@@ -2,15 +2,17 @@
 
 Each subcommand lives in its own module `sam3lite_core.commands.<name>` exposing
 `add_arguments(parser)` and `run(args) -> int`; modules are imported only when their subcommand runs, so
-`sam3lite --help` stays fast and a missing optional extra only affects the subcommand that needs it.
+`sam3lite --help` stays fast and a missing optional extra only affects the subcommand that needs it. Other
+packages add subcommands through the `sam3lite.commands` entry points (`PLUGIN_GROUP`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import importlib.metadata
 import sys
+from types import ModuleType
 
 # name -> one-line help; the order is the order `sam3lite --help` shows.
 SUBCOMMANDS: dict[str, str] = {
@@ -21,33 +23,29 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "write the weights-only checkpoint that gets activated",
     "predict": "detect prompted objects in images",
     "serve": "the inference service (backend-compatible HTTP API)",
-    "trigger": "launch and follow retrains on a Dagster webserver over GraphQL",
     "tokenize": "show the BPE token ids of prompts",
 }
 
-# `trigger` drives the Dagster webserver, so it lives with the pipeline; it is named by string and imported only
-# when it runs, so the core never imports the pipeline. It needs `requests`, which only the `pipeline` extra
-# brings: without it the subcommand is not offered, rather than offered and failing with an ImportError.
-ELSEWHERE: dict[str, tuple[str, ...]] = {"trigger": ("sam3lite_pipeline.trigger_cli", "requests")}
+# Subcommands that other packages add (the pipeline's `trigger`): entry points of this group name a module with
+# `HELP`, `add_arguments` and `run`. The core so never names a module above it; a plugin that cannot be imported
+# (its optional extra, e.g. `requests` of `pipeline`, is not installed) is not offered.
+PLUGIN_GROUP = "sam3lite.commands"
 
 
-def _module_name(name: str) -> str:
-    return ELSEWHERE[name][0] if name in ELSEWHERE else f"sam3lite_core.commands.{name}"
-
-
-def _findable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
+def _plugins() -> dict[str, ModuleType]:
+    found = {}
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.name in SUBCOMMANDS:
+            continue
+        try:
+            found[entry.name] = importlib.import_module(entry.value)
+        except ImportError:
+            continue
+    return found
 
 
 def _available() -> dict[str, str]:
-    return {
-        name: text
-        for name, text in SUBCOMMANDS.items()
-        if all(_findable(module) for module in ELSEWHERE.get(name, (_module_name(name),)))
-    }
+    return SUBCOMMANDS | {name: module.HELP for name, module in _plugins().items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,16 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    available = _available()
-    if not argv or argv[0] not in available:
+    name, rest = (argv[0], argv[1:]) if argv else ("", [])
+    plugins = {} if name in SUBCOMMANDS else _plugins()
+    if name in SUBCOMMANDS:
+        module, text = importlib.import_module(f"sam3lite_core.commands.{name}"), SUBCOMMANDS[name]
+    elif name in plugins:
+        module, text = plugins[name], plugins[name].HELP
+    else:
         build_parser().parse_args(argv)  # prints usage / the error and exits
         return 2
-    name, rest = argv[0], argv[1:]
-    module = importlib.import_module(_module_name(name))
-    parser = argparse.ArgumentParser(prog=f"sam3lite {name}", description=available[name])
+    parser = argparse.ArgumentParser(prog=f"sam3lite {name}", description=text)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """`Predictor`: a loaded detector that answers K prompts on each of N images with thresholded, sorted detections.
 
-It builds on `sam3lite_core.predict` (`encode_images`, then `detect`: several prompts in one forward, each unique
+It builds on `sam3lite_core.inference` (`encode_images`, then `detect`: several prompts in one forward, each unique
 prompt string encoded once). Two caches make repeated work free: the image features of the last images by image
 token (`ImageFeatureCache`: the vision trunk runs once per image, whatever the number of prompt chunks or
 calls), and the text features of every prompt seen (the text encoder is frozen at load, so
@@ -24,9 +24,10 @@ from torchvision.ops import nms
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
-from sam3lite_core.model.precision import PRECISIONS
+from sam3lite_core.precision import amp_of_precision
 from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
-from sam3lite_core.predict import ImageLike, PromptLike, detect, encode_images, preprocess_image
+from sam3lite_core.inference import ImageLike, PromptLike, detect, encode_images, preprocess_image
+from sam3lite_core.weights import load_model
 from sam3lite_core.tiling import TileSettings, merge_windows, tile_windows
 
 MASKS_UNSUPPORTED = "masks are not supported: sam3lite is the box-only SAM3 detector (no mask head)"
@@ -84,7 +85,7 @@ def image_token(pixels: np.ndarray) -> str:
 
 
 def _check_prompt(prompt: PromptLike, index: int) -> str:
-    """The prompt's text; refuses point and mask prompts with the reason (predict.py checks the rest)."""
+    """The prompt's text; refuses point and mask prompts with the reason (inference.py checks the rest)."""
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, Mapping):
@@ -102,8 +103,7 @@ class Predictor:
     last `cached_images` images (a tiled image counts one per window)."""
 
     def __init__(self, model: Sam3Lite, precision: str = "fp32", cached_images: int = DEFAULT_CACHED_FEATURES) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        amp_of_precision(precision)  # refuses an unknown precision here, not at the first forward
         self.model = model.eval()
         self.model.freeze_text_encoder(True)  # repeated prompts then reuse their cached text features
         self.precision = precision
@@ -113,12 +113,10 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", precision: str = "fp32") -> "Predictor":
         """Load one of our checkpoints (its saved config; EMA weights when present) or an upstream sam3.pt
         (sam3 preset) from a local file. Raises ValueError / FileNotFoundError for anything else."""
-        from sam3lite_core.train.evaluate import load_for_eval
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} is not a file (only local checkpoint files are loaded)")
-        return cls(load_for_eval(path, device=device), precision=precision)
+        return cls(load_model(path, device=device), precision=precision)
 
     def predict(
         self,

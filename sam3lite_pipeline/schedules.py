@@ -9,7 +9,8 @@ import os
 
 import dagster as dg
 
-from sam3lite_core.data import DatasetError, dataset_signature
+from sam3lite_core.data.report import DatasetError
+from sam3lite_core.data.signature import dataset_signature
 from sam3lite_core.train.config import ConfigError
 from sam3lite_pipeline.jobs import retrain
 from sam3lite_pipeline.partitions import datasets

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from sam3lite_core.data import DatasetError, dataset_signature, stat_fingerprint
+from sam3lite_core.data.report import DatasetError
+from sam3lite_core.data.signature import dataset_signature, stat_fingerprint
 from sam3lite_pipeline.jobs import retrain
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.resources import StorageRoots

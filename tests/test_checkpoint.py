@@ -16,9 +16,9 @@ import torch
 import bpe
 import vendor_harness
 from reference_keys import reference_keys
-from sam3lite_core import checkpoint as ckpt
+from sam3lite_core import weights as ckpt
 from sam3lite_core.batch import Batch
-from sam3lite_core.checkpoint import (
+from sam3lite_core.weights import (
     FORMAT,
     checkpoint_model_config,
     export_weights,

@@ -10,7 +10,8 @@ from data_builders import image_bytes, snapshot, write_files, yolo_dataset
 
 import sam3lite_core.data.convert as convert_module
 from sam3lite_core.cli import main as cli_main
-from sam3lite_core.data import ConvertSettings, DatasetError, convert_dataset
+from sam3lite_core.data.convert import ConvertSettings, convert_dataset
+from sam3lite_core.data.report import DatasetError
 from sam3lite_core.data.split import split_score
 
 

@@ -7,7 +7,9 @@ import json
 
 from data_builders import image_bytes, snapshot, write_files, yolo_dataset
 
-from sam3lite_core.data import convert_dataset, dataset_signature, scan_dataset
+from sam3lite_core.data.convert import convert_dataset
+from sam3lite_core.data.scan import scan_dataset
+from sam3lite_core.data.signature import dataset_signature
 
 
 def _jsonl(*records) -> str:

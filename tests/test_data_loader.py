@@ -12,7 +12,10 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from sam3lite_core.batch import Batch
-from sam3lite_core.data import CocoQueryDataset, ConvertSettings, LoaderSettings, collate, convert_dataset, write_synth
+from sam3lite_core.data.collator import collate
+from sam3lite_core.data.convert import ConvertSettings, convert_dataset
+from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
+from sam3lite_core.data.synth import write_synth
 from sam3lite_core.data.images import inspect_image, load_rgb
 from sam3lite_core.data.transforms import build_transforms, train_sizes
 

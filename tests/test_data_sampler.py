@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from sam3lite_core.data import BalancedSampler, BalanceSettings, image_weights
+from sam3lite_core.data.sampler import BalancedSampler, BalanceSettings, image_weights
 
 # Category id of every annotation, per image: freq = {1: 3, 2: 2, 3: 1}; image 4 has no annotation.
 IMAGES = [[1, 1, 2], [2], [3], [1], []]

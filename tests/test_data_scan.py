@@ -9,7 +9,7 @@ import os
 import pytest
 from data_builders import image_bytes, noisy_jpeg, snapshot, write_files, yolo_dataset
 
-from sam3lite_core.data import ScanSettings, scan_dataset
+from sam3lite_core.data.scan import ScanSettings, scan_dataset
 from sam3lite_core.data.files import collect_inputs
 from sam3lite_core.data.layout import find_layout
 from sam3lite_core.data.scan import scan_inputs

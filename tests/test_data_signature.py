@@ -10,7 +10,8 @@ import pytest
 from data_builders import image_bytes, write_files, yolo_dataset
 
 import sam3lite_core.data.signature as signature_module
-from sam3lite_core.data import DatasetError, dataset_signature, stat_fingerprint
+from sam3lite_core.data.report import DatasetError
+from sam3lite_core.data.signature import dataset_signature, stat_fingerprint
 
 LABEL = "0 0.5 0.5 0.2 0.2\n"
 

@@ -9,7 +9,9 @@ import itertools
 import pytest
 
 from sam3lite_core.cli import main as cli_main
-from sam3lite_core.data import SYNTH_CLASSES, convert_dataset, scan_dataset, write_synth
+from sam3lite_core.data.convert import convert_dataset
+from sam3lite_core.data.scan import scan_dataset
+from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES, write_synth
 
 
 def _digests(root):
@@ -77,4 +79,4 @@ def test_cli(tmp_path, capsys):
     assert cli_main(["synth", str(out), "--images", "5", "--seed", "1"]) == 0
     assert "4 train + 1 val images" in capsys.readouterr().out
     assert cli_main(["synth", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().out
+    assert "not empty" in capsys.readouterr().err

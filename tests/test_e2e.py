@@ -12,7 +12,7 @@ from pathlib import Path
 from dagster_servers import dagster_server
 from pipeline_harness import DATASET, TINY_RUN, stage, training_processes
 
-from sam3lite_pipeline.trigger import TriggerClient
+from sam3lite_pipeline.trigger.client import TriggerClient
 
 ROOT = Path(__file__).resolve().parents[1]
 GATES = {"coco_valid", "dataset_unchanged", "map_floor", "no_regression", "inference_confirmed"}

@@ -15,7 +15,7 @@ import vendor_detector as vd
 import vendor_harness
 from sam3lite_core.batch import Batch
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.predict import predict, preprocess_image
+from sam3lite_core.inference import predict, preprocess_image
 
 REFERENCE_TSV = Path(__file__).parent / "fixtures" / "sam3_boxonly_state_dict.tsv"
 KEYS = ("pred_logits", "pred_boxes", "pred_boxes_xyxy", "presence_logit_dec")

@@ -11,7 +11,7 @@ import pytest
 from pipeline_harness import storage
 from train_helpers import make_dataset
 
-from sam3lite_core.data import dataset_signature
+from sam3lite_core.data.signature import dataset_signature
 from sam3lite_pipeline.schedules import nightly_retrain, standing_config_hash
 from sam3lite_pipeline.sensors import dataset_sensor
 

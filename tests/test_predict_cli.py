@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
-from sam3lite_core.checkpoint import save_checkpoint
+from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.cli import main
 from sam3lite_core.model.sam3lite import build_model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from sam3lite_core.checkpoint import save_checkpoint
+from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.predictor import Detection, Predictor, image_token, load_rgb
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam3lite_core.checkpoint import save_checkpoint
+from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import ImageFeatures, build_model
 from sam3lite_core.predictor import Predictor
 from sam3lite_core.tiling import MAX_WINDOWS, TileSettings, drop_cut_views, merge_windows, tile_windows

@@ -16,7 +16,7 @@ import torch
 
 import bpe
 import vendor_harness
-from sam3lite_core import Tokenizer
+from sam3lite_core.tokenizer import Tokenizer
 from sam3lite_core.tokenizer import clean_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer_ids.json"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from sam3lite_core.checkpoint import save_checkpoint
+from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.train.checkpointer import (
     Checkpointer, TrainState, capture_rng, export_training_checkpoint, restore_rng,

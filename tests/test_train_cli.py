@@ -16,7 +16,8 @@ import yaml
 
 from sam3lite_core import cli
 from sam3lite_core.train import __main__ as train_main
-from sam3lite_core.train.evaluate import evaluate, load_for_eval
+from sam3lite_core.eval.evaluate import evaluate
+from sam3lite_core.weights import load_model
 from train_helpers import TINY, make_dataset, threads
 
 
@@ -70,7 +71,7 @@ def test_eval_command_on_a_folder_and_on_a_coco_json(cli_run, capsys):
         assert cli.main(["eval", "--checkpoint", str(export), "--dataset", str(val_json),
                          "--images-root", str(images)]) == 0
         table = capsys.readouterr().out
-        direct = evaluate(load_for_eval(export), val_json, images)
+        direct = evaluate(load_model(export), val_json, images)
     assert from_folder["AP"] == direct.AP and from_folder["num_images"] == 2
     assert f"AP {direct.AP:.4f}" in table and "red circle" in table
 
@@ -97,7 +98,7 @@ def test_evaluate_a_model_equals_evaluating_its_checkpoint(cli_run):
     images = root / "synth" / "val"
     with threads(1):
         from_file = evaluate(best, val_json, images, use_ema=False)
-        model = load_for_eval(best, use_ema=False).train()
+        model = load_model(best, use_ema=False).train()
         in_memory = evaluate(model, val_json, images, batch_size=2)
     assert from_file.stats == in_memory.stats and model.training  # mode restored
 

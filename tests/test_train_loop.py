@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam3lite_core.checkpoint import load_checkpoint, save_checkpoint
+from sam3lite_core.weights import load_checkpoint, save_checkpoint
 from sam3lite_core.eval.coco_eval import STAT_NAMES
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.train.data import cpu_threads, worker_count
+from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.loop import train
 from train_helpers import Recorder, make_dataset, threads, tiny_config
 

@@ -12,7 +12,7 @@ import torch
 
 from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import build_components
-from sam3lite_core.train.distributed import init_distributed
+from sam3lite_core.distributed import init_distributed
 from sam3lite_core.train.loop import Clock, forward_backward, train_one_epoch, train_step
 from sam3lite_core.train.stop_signal import StopSignal
 from sam3lite_core.train.mining import HardExampleMiner

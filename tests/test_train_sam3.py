@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sam3lite_core.train.components import build_components
-from sam3lite_core.train.distributed import init_distributed
+from sam3lite_core.distributed import init_distributed
 from sam3lite_core.train.loop import train_step
 from train_helpers import make_dataset, tiny_config
 

@@ -16,8 +16,8 @@ from dagster_servers import dagster_server, free_port, process_alive
 from graphql import parse, validate
 
 from sam3lite_core import cli
-from sam3lite_pipeline.graphql_documents import DOCUMENTS
-from sam3lite_pipeline.trigger import Gate, TriggerClient, TriggerError
+from sam3lite_pipeline.trigger.documents import DOCUMENTS
+from sam3lite_pipeline.trigger.client import Gate, TriggerClient, TriggerError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

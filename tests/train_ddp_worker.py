@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sam3lite_core.data.collator import collate  # noqa: E402
 from sam3lite_core.data.dataset import CocoQueryDataset  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
-from sam3lite_core.train.distributed import init_distributed, shutdown  # noqa: E402
-from sam3lite_core.train.evaluate import evaluate  # noqa: E402
+from sam3lite_core.distributed import init_distributed, shutdown  # noqa: E402
+from sam3lite_core.eval.evaluate import evaluate  # noqa: E402
 from sam3lite_core.train.loop import train_step  # noqa: E402
 from train_helpers import tiny_config  # noqa: E402
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from sam3lite_core.commands.errors import explain_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,29 +46,25 @@ def _split(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam3lite_core.data.report import DatasetError
-    from sam3lite_core.train.distributed import pick_device
-    from sam3lite_core.train.evaluate import evaluate
+    return explain_errors("sam3lite eval", lambda: _evaluate_and_print(args))
 
-    try:
-        coco_json, images_root = _split(args)
-        result = evaluate(
-            args.checkpoint, coco_json, images_root, batch_size=args.batch_size, num_workers=args.workers,
-            max_dets=args.max_dets, amp=args.amp, device=pick_device(args.device), resolution=args.resolution,
-            use_ema=not args.no_ema,
-        )
-    except DatasetError as exc:
-        print(exc.report.text(10) if exc.report is not None else f"sam3lite eval: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sam3lite eval: {exc}", file=sys.stderr)
-        return 2
+
+def _evaluate_and_print(args: argparse.Namespace) -> int:
+    from sam3lite_core.distributed import pick_device
+    from sam3lite_core.eval.coco_eval import STAT_NAMES
+    from sam3lite_core.eval.evaluate import evaluate
+
+    coco_json, images_root = _split(args)
+    result = evaluate(
+        args.checkpoint, coco_json, images_root, batch_size=args.batch_size, num_workers=args.workers,
+        max_dets=args.max_dets, amp=args.amp, device=pick_device(args.device), resolution=args.resolution,
+        use_ema=not args.no_ema,
+    )
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     print(f"{result.num_images} images, {result.num_detections} detections ({coco_json})")
-    print("  ".join(f"{name} {value:.4f}" for name, value in zip(
-        ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), result.stats)))
+    print("  ".join(f"{name} {value:.4f}" for name, value in zip(STAT_NAMES, result.stats)))
     width = max((len(row.name) for row in result.per_class), default=5)
     print(f"{'class':<{width}}  {'gt':>6}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}")
     for row in result.per_class:

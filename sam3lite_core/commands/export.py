@@ -8,8 +8,9 @@ layout, with the 1008-px RoPE tables for the sam3 preset. Default output: `expor
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from sam3lite_core.commands.errors import explain_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +29,16 @@ def _source(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    return explain_errors("sam3lite export", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
     from sam3lite_core.train.checkpointer import export_training_checkpoint
 
-    try:
-        source = _source(Path(args.checkpoint))
-        out = Path(args.out) if args.out else source.with_name("export.ckpt")
-        if out.resolve() == source.resolve():
-            raise ValueError(f"--out {out} is the checkpoint itself; choose another file")
-        written = export_training_checkpoint(source, out, use_ema=not args.no_ema)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sam3lite export: {exc}", file=sys.stderr)
-        return 2
+    source = _source(Path(args.checkpoint))
+    out = Path(args.out) if args.out else source.with_name("export.ckpt")
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the checkpoint itself; choose another file")
+    written = export_training_checkpoint(source, out, use_ema=not args.no_ema)
     print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB) from {source}")
     return 0

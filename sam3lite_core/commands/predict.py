@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sam3lite_core.commands.errors import explain_errors
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
@@ -91,23 +93,23 @@ def _peak_memory(device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    return explain_errors("sam3lite predict", lambda: _predict(args), invalid_exit=1)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sam3lite_core.distributed import pick_device
     from sam3lite_core.predictor import Predictor
     from sam3lite_core.tiling import TileSettings
-    from sam3lite_core.train.distributed import pick_device
 
-    try:
-        tile = None
-        if args.tile is not None:
-            tile = TileSettings(size=args.tile, overlap=args.tile_overlap, merge_iou=args.tile_merge_iou)
-        device = str(pick_device(args.device))
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
-        results = predictor.predict(
-            args.images, args.prompt, threshold=args.threshold, max_detections=args.max_detections,
-            nms_iou=args.nms_iou, tile=tile,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sam3lite predict: {exc}", file=sys.stderr)
-        return 1
+    tile = None
+    if args.tile is not None:
+        tile = TileSettings(size=args.tile, overlap=args.tile_overlap, merge_iou=args.tile_merge_iou)
+    device = str(pick_device(args.device))
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
+    results = predictor.predict(
+        args.images, args.prompt, threshold=args.threshold, max_detections=args.max_detections,
+        nms_iou=args.nms_iou, tile=tile,
+    )
     records = _records(args.images, results)
     if args.json == "-":
         print(json.dumps(records, indent=2))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from sam3lite_core.commands.errors import explain_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return explain_errors("sam3lite serve", lambda: _serve(args), invalid_exit=1)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sam3lite_core.distributed import pick_device
     from sam3lite_core.serve.app import create_app
-    from sam3lite_core.train.distributed import pick_device
 
-    try:
-        app = create_app(
-            args.runs_root, base_checkpoint=args.base_checkpoint, device=str(pick_device(args.device)),
-            precision=args.precision, max_upload_bytes=int(args.max_upload_mb * 2**20),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sam3lite serve: {exc}", file=sys.stderr)
-        return 1
+    app = create_app(
+        args.runs_root, base_checkpoint=args.base_checkpoint, device=str(pick_device(args.device)),
+        precision=args.precision, max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

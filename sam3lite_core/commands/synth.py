@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sam3lite_core.commands.errors import explain_errors
 from sam3lite_core.data.synth import write_synth
 
 
@@ -16,11 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        summary = write_synth(args.out_dir, images=args.images, seed=args.seed)
-    except ValueError as exc:
-        print(f"sam3lite synth: {exc}")
-        return 2
+    return explain_errors("sam3lite synth", lambda: _synth(args))
+
+
+def _synth(args: argparse.Namespace) -> int:
+    summary = write_synth(args.out_dir, images=args.images, seed=args.seed)
     if args.json:
         print(json.dumps(summary.model_dump()))
     else:

@@ -14,11 +14,9 @@ import argparse
 import os
 import sys
 
+from sam3lite_core.commands.errors import explain_errors
+from sam3lite_core.distributed import LaunchSettings, launch_command
 from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
-
-
-# Training ended normally otherwise; a signal-stopped run exits like an interrupted shell command (128 + SIGINT).
-EXIT_CODES = {"nonfinite_abort": 1, "cancelled": 130}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,28 +41,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return _relaunch(args)
-    from sam3lite_core.data.report import DatasetError
     from sam3lite_core.train.events import ConsolePrinter
     from sam3lite_core.train.loop import train
+    from sam3lite_core.train.outcome import exit_code
 
-    try:
-        result = train(cfg, ConsolePrinter(upstream=cfg.upstream_log_lines))
-    except DatasetError as exc:
-        print(exc.report.text(10) if exc.report is not None else f"sam3lite train: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sam3lite train: {exc}", file=sys.stderr)
-        return 2
-    return EXIT_CODES.get(result.stopped_reason, 0)
+    return explain_errors(
+        "sam3lite train", lambda: exit_code(train(cfg, ConsolePrinter(upstream=cfg.upstream_log_lines)).stopped_reason)
+    )
 
 
 def _relaunch(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
-            "-m", "sam3lite_core.train"]
+    target = ["-m", "sam3lite_core.train"]
     for flag, value in (("--config", args.config), ("--dataset", args.dataset)):
         if value:
-            argv += [flag, value]
-    argv += [item for override in args.overrides for item in ("--set", override)]
-    argv += ["--resume"] if args.resume else []
-    os.execv(sys.executable, argv)
+            target += [flag, value]
+    target += [item for override in args.overrides for item in ("--set", override)]
+    target += ["--resume"] if args.resume else []
+    argv = launch_command(LaunchSettings(nproc_per_node=args.nproc_per_node), target)
+    os.execv(argv[0], argv)
     return 0  # not reached

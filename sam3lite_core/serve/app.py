@@ -25,7 +25,7 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from torchvision.ops import box_iou
 
-from sam3lite_core.predict import PromptLike
+from sam3lite_core.inference import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
 from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache
 from sam3lite_core.serve.schemas import (

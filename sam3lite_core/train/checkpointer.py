@@ -1,6 +1,6 @@
 """Training checkpoints: `last.ckpt`, `best.ckpt` and the activated `export.ckpt` of a run folder.
 
-Rank 0 writes them through `sam3lite_core.checkpoint.save_checkpoint` (temp file, fsync, rename), so a reader
+Rank 0 writes them through `sam3lite_core.weights.save_checkpoint` (temp file, fsync, rename), so a reader
 or a process killed mid-write never sees a truncated file, and every file loads with
 `torch.load(weights_only=True)`: weights in the vendor-compatible `detector.` layout under "model", and the
 resumable state beside them as tensors and plain types only:
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sam3lite_core.checkpoint import export_weights, read_checkpoint, save_checkpoint
+from sam3lite_core.weights import export_weights, read_checkpoint, save_checkpoint
 
 LAST, BEST, EXPORT = "last.ckpt", "best.ckpt", "export.ckpt"
 

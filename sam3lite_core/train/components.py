@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sam3lite_core.checkpoint import load_checkpoint
+from sam3lite_core.weights import load_checkpoint
 from sam3lite_core.data.convert import ConvertResult, convert_dataset
 from sam3lite_core.data.layout import find_layout
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.denoising import DenoisingConfig
-from sam3lite_core.train.data import TrainData, build_train_data, limited_coco
-from sam3lite_core.train.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
+from sam3lite_core.train.loader import TrainData, build_train_data, limited_coco
+from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.train.ema import ModelEMA
 from sam3lite_core.train.events import Event, EventHandler, event_lines, log_event
 from sam3lite_core.train.losses import SetCriterion

@@ -14,49 +14,26 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel
 
 from sam3lite_core.batch import Batch
 from sam3lite_core.eval.coco_eval import STAT_NAMES, EvalResult
 from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import Components, build_components
 from sam3lite_core.train.config import TrainConfig
-from sam3lite_core.train.data import cpu_threads, worker_count
+from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.denoising import make_denoising_queries
-from sam3lite_core.train.distributed import all_reduce, any_rank, barrier, init_distributed, shutdown
-from sam3lite_core.train.evaluate import autocast, evaluate
+from sam3lite_core.distributed import all_reduce, any_rank, barrier, init_distributed, shutdown
+from sam3lite_core.eval.evaluate import evaluate
+from sam3lite_core.precision import autocast
 from sam3lite_core.train.events import EventHandler, log_event, metric_event, progress_event, result_event
 from sam3lite_core.train.optim import clip_gradients
 from sam3lite_core.train.resume import save, start_or_resume
 from sam3lite_core.train.run_folder import LOSS_TERMS
+from sam3lite_core.train.outcome import StopReason, TrainResult
 from sam3lite_core.train.stop_signal import StopSignal
-
-StopReason = Literal["completed", "early_stopping", "time_limit", "nonfinite_abort", "cancelled"]
-
-
-class TrainResult(BaseModel):
-    """What a run produced; also written to `<run>/result.json` and sent as the result event."""
-
-    run_dir: str
-    last_checkpoint: str | None
-    best_checkpoint: str | None
-    export_checkpoint: str | None
-    best_metrics: dict[str, float]  # the 12 COCO stats (AP, AP50, ... ARl) of the best validation; {} if none
-    best_epoch: int | None
-    epochs_done: int
-    steps_done: int
-    dataset_signature: str
-    config_hash: str
-    stopped_reason: StopReason
-    wall_time_s: float
-    nonfinite_steps: int
-    train_images: int
-    val_images: int
-    resumed_from_step: int | None
-
 
 @dataclass
 class StepOutput:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sam3lite_core.train.distributed import all_reduce
+from sam3lite_core.distributed import all_reduce
 
 
 class HardExampleMiner:

@@ -53,7 +53,7 @@ _CPU_FROM_SCRATCH = {
 def cpu_from_scratch(processes: int = CPU_FROM_SCRATCH_PROCESSES) -> dict:
     """The recipe's config for a run over `processes` data-parallel processes (`train_batch_size` is per process,
     as upstream's): together they step over GLOBAL_BATCH images. One process gets one loader worker instead, the
-    fastest single-process setup on 2 cores (train/data.py `worker_count`)."""
+    fastest single-process setup on 2 cores (train/loader.py `worker_count`)."""
     if processes < 1 or GLOBAL_BATCH % processes:
         raise ValueError(f"processes must divide the recipe's batch of {GLOBAL_BATCH} images; got {processes}")
     batch = GLOBAL_BATCH // processes

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sam3lite_core.checkpoint import load_checkpoint, read_checkpoint
+from sam3lite_core.weights import load_checkpoint, read_checkpoint
 from sam3lite_core.train.checkpointer import TrainState, capture_rng, restore_rng
 from sam3lite_core.train.components import Components
-from sam3lite_core.train.distributed import all_gather_objects
+from sam3lite_core.distributed import all_gather_objects
 from sam3lite_core.train.events import log_event
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from sam3lite_core.data import ConvertSettings, DatasetError, convert_dataset, scan_dataset
+from sam3lite_core.data.convert import ConvertSettings, convert_dataset
+from sam3lite_core.data.report import DatasetError
+from sam3lite_core.data.scan import scan_dataset
 from sam3lite_pipeline.ops.coco_check import coco_problems
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.records import latest_metadata

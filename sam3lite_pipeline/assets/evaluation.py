@@ -32,7 +32,7 @@ def val_set_id(val_json: str) -> str:
 def run_evaluation(checkpoint: str, coco: dict[str, Any], batch_size: int) -> EvalResult:
     import torch
 
-    from sam3lite_core.train.evaluate import evaluate
+    from sam3lite_core.eval.evaluate import evaluate
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return evaluate(checkpoint, coco["val_json"], coco["val_images_root"], batch_size=batch_size, device=device,

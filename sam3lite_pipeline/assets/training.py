@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from sam3lite_core.data import dataset_signature
+from sam3lite_core.data.signature import dataset_signature
 from sam3lite_core.train.config import ConfigError
 from sam3lite_core.train.run_folder import new_run_name
 from sam3lite_pipeline.assets.dataset import GROUP, coco_dataset

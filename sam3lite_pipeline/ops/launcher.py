@@ -28,6 +28,8 @@ from typing import Any
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
 
+from sam3lite_core.distributed import LaunchSettings, launch_command
+
 from sam3lite_pipeline.resources import TrainLauncher
 
 LAUNCH_ID_ENV = "SAM3LITE_LAUNCH_ID"  # set in every training process; tests and operators find the tree by it
@@ -46,18 +48,12 @@ class Launched:
 
 
 def training_command(launcher: TrainLauncher, config_file: str) -> list[str]:
-    """The command line: plain python for one process, torchrun (as `python -m torch.distributed.run`, so the
-    same interpreter and environment) otherwise."""
-    entry = [*ENTRY, "--config", config_file]
-    if launcher.nproc_per_node * launcher.nnodes == 1:
-        return [sys.executable, *entry]
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launcher.nproc_per_node}"]
-    if launcher.nnodes == 1:
-        command.append("--standalone")
-    else:
-        command += [f"--nnodes={launcher.nnodes}", f"--node-rank={launcher.node_rank}",
-                    f"--master-addr={launcher.master_addr}", f"--master-port={launcher.master_port}"]
-    return command + entry
+    """The command line of the training entry for `config_file`, torchrun when there is more than one process."""
+    layout = LaunchSettings(
+        nproc_per_node=launcher.nproc_per_node, nnodes=launcher.nnodes, node_rank=launcher.node_rank,
+        master_addr=launcher.master_addr, master_port=launcher.master_port,
+    )
+    return launch_command(layout, [*ENTRY, "--config", config_file])
 
 
 def stop_group(pgid: int, process: subprocess.Popen, grace_s: float) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from sam3lite_core.commands.train import EXIT_CODES
+from sam3lite_core.train.outcome import exit_code
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.events import ConsolePrinter, Event
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train(config, PipesForwarder(pipes))
             pipes.report_custom_message({"train_result": result.model_dump(mode="json")})
     # Diverged or stopped training is a failed step (with its last lines), as it is a failed `sam3lite train`.
-    return EXIT_CODES.get(result.stopped_reason, 0)
+    return exit_code(result.stopped_reason)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sam3lite_core.distributed import unwrap
 from sam3lite_core.model.backbone import Backbone
 from sam3lite_core.model.config import PRESETS, ModelConfig
+from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.model.rope import block_rope
 from sam3lite_core.model.vit import ViT
 
@@ -96,6 +98,21 @@ def checkpoint_model_config(checkpoint: Mapping[str, Any]) -> ModelConfig | None
     return ModelConfig.from_dict(data) if isinstance(data, dict) else None
 
 
+def load_model(
+    checkpoint: PathLike, device: torch.device | str = "cpu", resolution: int | None = None, use_ema: bool = True,
+) -> Sam3Lite:
+    """A model in eval mode, rebuilt from one of our checkpoints (its saved config; EMA weights when present and
+    `use_ema`), or the sam3 preset for an upstream file (sam3.pt, trainer checkpoints)."""
+    data = read_checkpoint(checkpoint)
+    cfg = checkpoint_model_config(data) or PRESETS["sam3"]
+    if resolution:
+        cfg = cfg.with_resolution(resolution)
+    model = build_model(cfg, device=device)
+    ema = data.get("ema")
+    load_checkpoint(model, ema["model"] if use_ema and isinstance(ema, dict) else data)
+    return model.eval()
+
+
 def load_checkpoint(
     model: nn.Module, path_or_state_dict: PathLike | Mapping[str, Any], *, min_fraction: float = 0.9
 ) -> LoadReport:
@@ -103,7 +120,7 @@ def load_checkpoint(
 
     Raises ValueError when fewer than `min_fraction` of the model's weights are found with the right shape.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if isinstance(path_or_state_dict, Mapping):
         source, raw = "<state_dict>", path_or_state_dict
     else:
@@ -139,7 +156,7 @@ def load_checkpoint(
 def state_dict_for_export(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as saved in every file we write: `detector.<key>` -> CPU tensor, with the RoPE
     tables at the export resolution (1008 px for the sam3 preset, the model's own otherwise)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg = model_config_of(model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     export_size = PRESETS["sam3"].vision.image_size if cfg.name == "sam3" else cfg.vision.image_size
@@ -183,7 +200,7 @@ def export_weights(checkpoint_or_model: nn.Module | PathLike | Mapping[str, Any]
 
 def model_config_of(model: nn.Module) -> ModelConfig:
     """The ModelConfig a sam3lite model was built from (read from its Backbone)."""
-    for module in _unwrap(model).modules():
+    for module in unwrap(model).modules():
         if isinstance(module, Backbone):
             return module.cfg
     raise ValueError(f"{type(model).__name__} is not a sam3lite model: it has no Backbone")
@@ -214,17 +231,6 @@ def normalize_keys(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
 
 def _payload(model: nn.Module) -> dict[str, Any]:
     return {"format": FORMAT, "model_config": model_config_of(model).to_dict(), "model": state_dict_for_export(model)}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP and torch.compile wrappers, so keys carry no `module.` / `_orig_mod.` prefix."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _strip_wrappers(key: str) -> str:

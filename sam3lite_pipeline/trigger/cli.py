@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from sam3lite_pipeline.trigger import LogEvent, RunInfo, TriggerClient, TriggerError
+from sam3lite_pipeline.trigger.client import LogEvent, RunInfo, TriggerClient, TriggerError
 
+HELP = "launch and follow retrains on a Dagster webserver over GraphQL"
 URL_ENV = "SAM3LITE_DAGSTER_URL"
 DEFAULT_URL = "http://127.0.0.1:3000"
 # What `launch --wait` shows besides INFO-and-above events (Dagster logs these step milestones at DEBUG).

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from sam3lite_core.batch import Batch
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
-from sam3lite_core.model.precision import inference_autocast
+from sam3lite_core.precision import amp_of_precision, autocast
 from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
 
 ImageLike = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
@@ -119,7 +119,7 @@ def _inference(model: Sam3Lite, precision: str) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), inference_autocast(precision, _device(model).type):
+        with torch.inference_mode(), autocast(_device(model), amp_of_precision(precision)):
             yield
     finally:
         model.train(was_training)
@@ -165,7 +165,7 @@ def predict(
     boxes   float [Nq, 4]  xyxy in pixels of the input image (all Nq = num_queries queries, unthresholded)
     scores  float [Nq]     sigmoid(pred_logit) * sigmoid(presence_logit), in [0, 1]
 
-    `precision` is "fp32" (upstream's numerics) or "bf16" (autocast, model/precision.py: about 1.6x faster on
+    `precision` is "fp32" (upstream's numerics) or "bf16" (autocast, precision.py: about 1.6x faster on
     a CPU with AVX512-BF16 or AMX; scores and normalised boxes move by bf16 rounding, about 1e-2).
     """
     if isinstance(prompts, (str, Mapping)):

@@ -26,7 +26,7 @@ from sam3lite_core.data.collator import collate
 from sam3lite_core.data.dataset import CocoQueryDataset, Sample
 from sam3lite_core.data.sampler import BalancedSampler
 from sam3lite_core.train.config import TrainConfig
-from sam3lite_core.train.distributed import DistInfo
+from sam3lite_core.distributed import DistInfo
 from sam3lite_core.train.mining import HardExampleMiner
 
 SampleKey = tuple[int, int, int]  # (epoch, position in this rank's epoch, dataset index)

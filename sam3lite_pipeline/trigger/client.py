@@ -4,7 +4,7 @@ A backend needs no GraphQL knowledge: `TriggerClient(url).launch("my_dataset")` 
 partition of `datasets` and launches the job with that partition; `follow`, `wait`, `result` and `cancel` take
 the run id it returns. Only `requests` is needed (no dagster import), so a backend can vendor this file.
 
-The GraphQL it sends is in `graphql_documents.py` (a backend vendoring the client copies both files). Anything
+The GraphQL it sends is in `documents.py` (a backend vendoring the client copies both files). Anything
 that kept a request from doing what was asked raises `TriggerError`.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from sam3lite_pipeline.graphql_documents import (
+from sam3lite_pipeline.trigger.documents import (
     ADD_DYNAMIC_PARTITION, LAUNCH_RUN, LIST_RUNS, RUN_LOGS, RUN_OUTCOME_EVENTS, RUN_RESULT, RUN_STATUS, TERMINATE_RUN,
 )
 

@@ -25,7 +25,7 @@ import dagster as dg
 import yaml
 from PIL import Image
 
-from sam3lite_core.data import SYNTH_CLASSES, write_synth
+from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES, write_synth
 from sam3lite_core.serve.state import ModelState
 from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
 

@@ -1,4 +1,5 @@
-"""Process group setup from the torchrun environment, rank helpers and the DDP wrap.
+"""Devices and processes: the device choice, the process group from the torchrun environment, rank helpers
+and the DDP wrap. Training and evaluation both use it.
 
 One process per device. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) the group is
 initialised with nccl on CUDA and gloo on CPU; without it, training runs as a single process and every helper
@@ -8,6 +9,7 @@ here degrades to a no-op. A group the caller already initialised is used as is a
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from collections.abc import Callable
@@ -16,8 +18,6 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-
-from sam3lite_core.checkpoint import _unwrap
 
 T = TypeVar("T")
 # Long enough for rank 0 to convert a large dataset while the others wait at the barrier after it.
@@ -77,6 +77,13 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def barrier() -> None:
     if _active():
         dist.barrier()
@@ -122,8 +129,14 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP (and torch.compile) wrappers: parameter names without `module.`."""
-    return _unwrap(model)
+    """The model inside DDP and torch.compile wrappers, so keys carry no `module.` / `_orig_mod.` prefix."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def any_rank(flag: bool) -> bool:
@@ -145,3 +158,28 @@ def main_then_broadcast(fn: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return value
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How many processes run a training: per machine, machines, and where they meet when there are several."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+
+def launch_command(launch: LaunchSettings, target: list[str]) -> list[str]:
+    """The command line that runs `target` (e.g. ["-m", "sam3lite_core.train", ...]): plain python for one
+    process, torchrun otherwise, as `python -m torch.distributed.run` so it keeps this interpreter and environment."""
+    if launch.nproc_per_node * launch.nnodes == 1:
+        return [sys.executable, *target]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}"]
+    if launch.nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += [f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
+                    f"--master-addr={launch.master_addr}", f"--master-port={launch.master_port}"]
+    return command + target

@@ -9,7 +9,6 @@ same result.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,39 +18,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from sam3lite_core.checkpoint import checkpoint_model_config, load_checkpoint, read_checkpoint
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
 from sam3lite_core.eval.coco_eval import EvalResult, evaluate_predictions
 from sam3lite_core.eval.predictions import MAX_DETS_PER_IMAGE, coco_detections, merge_detections
-from sam3lite_core.model.config import PRESETS
-from sam3lite_core.model.sam3lite import Sam3Lite, build_model
-from sam3lite_core.train.distributed import all_gather_objects, unwrap
+from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
+from sam3lite_core.precision import autocast
+from sam3lite_core.weights import load_model
 
 ProgressFn = Callable[[int, int], None]  # (batches done, batches in all) on this rank
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for `amp` in {"bf16", "fp16", "off"} on the device's type."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def load_for_eval(
-    checkpoint: str | os.PathLike, device: torch.device | str = "cpu", resolution: int | None = None,
-    use_ema: bool = True,
-) -> Sam3Lite:
-    """A model rebuilt from one of our checkpoints (its saved config; EMA weights when present and `use_ema`),
-    or the sam3 preset for an upstream file (sam3.pt, trainer checkpoints)."""
-    data = read_checkpoint(checkpoint)
-    cfg = checkpoint_model_config(data) or PRESETS["sam3"]
-    if resolution:
-        cfg = cfg.with_resolution(resolution)
-    model = build_model(cfg, device=device)
-    ema = data.get("ema")
-    load_checkpoint(model, ema["model"] if use_ema and isinstance(ema, dict) else data)
-    return model.eval()
 
 
 # no_grad rather than inference_mode: text features cached by a frozen encoder here are reused in training.
@@ -74,19 +49,19 @@ def evaluate(
 ) -> EvalResult:
     """COCO bbox metrics of the model on the images of `coco_json` (file_names relative to `images_root`).
 
-    A checkpoint path is loaded with `load_for_eval` onto `device` (default CPU); a model is evaluated where it
+    A checkpoint path is loaded with `load_model` onto `device` (default CPU); a model is evaluated where it
     is, in eval mode, and put back in its previous mode. Raises ValueError for a split without images.
     """
     if isinstance(model_or_checkpoint, nn.Module):
         model = unwrap(model_or_checkpoint)
     else:
-        model = load_for_eval(model_or_checkpoint, device or "cpu", resolution, use_ema)
+        model = load_model(model_or_checkpoint, device or "cpu", resolution, use_ema)
     device = next(model.parameters()).device
     settings = LoaderSettings(resolution=model.cfg.vision.image_size, prompt_variants=prompt_variants or {})
     dataset = CocoQueryDataset(coco_json, images_root, settings, train=False)
     if len(dataset) == 0:
         raise ValueError(f"{coco_json}: the split has no images to evaluate on")
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     loader = DataLoader(
         Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size, collate_fn=collate,
         num_workers=num_workers,
@@ -108,8 +83,3 @@ def evaluate(
     merged = merge_detections(all_gather_objects(detections), max_dets)
     return evaluate_predictions(Path(coco_json), merged)
 
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
