@@ -12,7 +12,7 @@ EXTRAS ?= pipeline,serve,dev,vendor,bench
 DEMO_DIR ?= .sam3lite-demo
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all demo ui parity bench clean
+.PHONY: setup lint format test test-all demo ui parity bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 setup: $(STAMP)
+
+# ruff: lint rules and the formatter's check (`make format` rewrites); CI runs it before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
