@@ -16,7 +16,7 @@ from sam3lite_core.data.layout import find_layout
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
-from sam3lite_core.train.denoising import DenoisingConfig
+from sam3lite_core.train.denoising import DenoisingSettings
 from sam3lite_core.train.loader import TrainData, build_train_data, limited_coco
 from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.train.ema import ModelEMA
@@ -61,7 +61,7 @@ class Components:
     model: Sam3Lite  # unwrapped: names, checkpoints, EMA
     ddp: nn.Module  # what the forward goes through (the model itself on one process)
     criterion: SetCriterion
-    denoising: DenoisingConfig
+    denoising: DenoisingSettings
     optimizer: torch.optim.Optimizer
     schedule: InverseSqrtSchedule
     scaler: torch.amp.GradScaler

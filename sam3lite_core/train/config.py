@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # torch-based; imported where used so that reading a config s
     from sam3lite_core.data.dataset import LoaderSettings
     from sam3lite_core.data.sampler import BalanceSettings
     from sam3lite_core.model.config import ModelConfig
-    from sam3lite_core.train.denoising import DenoisingConfig
-    from sam3lite_core.train.losses import LossConfig
-    from sam3lite_core.train.optim import OptimConfig
-    from sam3lite_core.train.schedule import ScheduleConfig
+    from sam3lite_core.train.denoising import DenoisingSettings
+    from sam3lite_core.train.losses import LossSettings
+    from sam3lite_core.train.optim import OptimSettings
+    from sam3lite_core.train.schedule import ScheduleSettings
 
 Strategy = Literal["none", "inv_sqrt", "inv_pow", "clipped_inv", "effective_num", "focal", "log_inv"]
 PRESET_NAMES = ("sam3", "small", "tiny")
@@ -271,29 +271,29 @@ class TrainConfig(BaseModel):
 
         return PRESETS[self.preset].with_resolution(self.image_size)
 
-    def loss_config(self) -> "LossConfig":
-        from sam3lite_core.train.losses import LossConfig
+    def loss_config(self) -> "LossSettings":
+        from sam3lite_core.train.losses import LossSettings
 
-        return LossConfig(o2m_weight=self.o2m_weight, pad_num_queries=self.loss_pad_num_queries)
+        return LossSettings(o2m_weight=self.o2m_weight, pad_num_queries=self.loss_pad_num_queries)
 
-    def denoising_config(self) -> "DenoisingConfig":
-        from sam3lite_core.train.denoising import DenoisingConfig
+    def denoising_config(self) -> "DenoisingSettings":
+        from sam3lite_core.train.denoising import DenoisingSettings
 
-        return DenoisingConfig(groups=self.denoising_groups, box_noise=self.denoising_box_noise)
+        return DenoisingSettings(groups=self.denoising_groups, box_noise=self.denoising_box_noise)
 
-    def optim_config(self) -> "OptimConfig":
-        from sam3lite_core.train.optim import OptimConfig
+    def optim_config(self) -> "OptimSettings":
+        from sam3lite_core.train.optim import OptimSettings
 
-        return OptimConfig(
+        return OptimSettings(
             lr_transformer=self.lr_transformer, lr_vision=self.lr_vision_backbone,
             lr_language=self.lr_language_backbone, lr_scale=self.lr_scale, layer_decay=self.lrd_vision_backbone,
             weight_decay=self.weight_decay, grad_clip=self.grad_clip,
         )
 
-    def schedule_config(self) -> "ScheduleConfig":
-        from sam3lite_core.train.schedule import ScheduleConfig
+    def schedule_config(self) -> "ScheduleSettings":
+        from sam3lite_core.train.schedule import ScheduleSettings
 
-        return ScheduleConfig(
+        return ScheduleSettings(
             warmup_steps=self.scheduler_warmup, timescale=self.scheduler_timescale,
             cooldown_steps=self.scheduler_cooldown,
         )

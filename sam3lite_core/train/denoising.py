@@ -21,7 +21,7 @@ MIN_SIDE = 1e-3  # a noised box keeps at least this width and height (normalised
 
 
 @dataclass(frozen=True)
-class DenoisingConfig:
+class DenoisingSettings:
     groups: int = 0  # noised copies of every ground-truth box; 0 = off
     box_noise: float = 0.4  # each edge moves by up to box_noise x half the box's side (DINO's default)
 
@@ -44,7 +44,7 @@ class DenoisingQueries(NamedTuple):
 
 
 def make_denoising_queries(
-    target_boxes: torch.Tensor, num_boxes: torch.Tensor, config: DenoisingConfig
+    target_boxes: torch.Tensor, num_boxes: torch.Tensor, config: DenoisingSettings
 ) -> DenoisingQueries | None:
     """Noised copies of target_boxes [Q, Tmax, 4] (cxcywh, zero-padded; num_boxes [Q] valid rows), drawn from
     the global torch RNG (seeded per rank, saved in checkpoints); None when off or no query has a box."""

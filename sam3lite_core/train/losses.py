@@ -28,7 +28,7 @@ _paired_generalized_iou = torch.vmap(lambda a, b: box_ops.generalized_box_iou(a[
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossSettings:
     """Loss weights and shapes; the defaults are upstream's roboflow fine-tune."""
 
     weight_ce: float = 20.0
@@ -60,7 +60,7 @@ class SetCriterion(nn.Module):
 
     def __init__(
         self,
-        config: LossConfig = LossConfig(),
+        config: LossSettings = LossSettings(),
         matcher: HungarianMatcher | None = None,
         o2m_matcher: OneToManyMatcher | None = None,
     ) -> None:

@@ -24,7 +24,7 @@ GRAD_CLIP_NORM = 0.1
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimSettings:
     """AdamW settings; the defaults are upstream's roboflow fine-tune."""
 
     lr_transformer: float = 8e-4
@@ -50,7 +50,7 @@ def trunk_layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def param_groups(model: nn.Module, config: OptimConfig = OptimConfig()) -> list[dict]:
+def param_groups(model: nn.Module, config: OptimSettings = OptimSettings()) -> list[dict]:
     """AdamW param groups of the trainable parameters: dicts with "params", "lr" (the base, unscheduled),
     "weight_decay" and a readable "name" (family/layer/decay)."""
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
@@ -116,7 +116,7 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig = OptimConfig()) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimSettings = OptimSettings()) -> torch.optim.AdamW:
     """AdamW over `param_groups`; pass the unwrapped model (not DDP), whose names carry upstream's prefixes.
 
     The fused kernel where torch has one (CPU and CUDA): the same update as the per-tensor loop in one pass over
