@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from sam3lite_core import box_ops
+from sam3lite_core.train.config import TrainConfig
 
 MIN_SIDE = 1e-3  # a noised box keeps at least this width and height (normalised)
 
@@ -28,6 +29,11 @@ class DenoisingSettings:
     def __post_init__(self) -> None:
         if self.groups < 0 or not 0 < self.box_noise <= 1:
             raise ValueError(f"denoising needs groups >= 0 and 0 < box_noise <= 1; got {self}")
+
+
+def denoising_settings(cfg: TrainConfig) -> DenoisingSettings:
+    """The run's denoising queries: `denoising_groups` noised copies with `denoising_box_noise`."""
+    return DenoisingSettings(groups=cfg.denoising_groups, box_noise=cfg.denoising_box_noise)
 
 
 class DenoisingQueries(NamedTuple):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sam3lite_core.train.config import TrainConfig
+
 VISION_PREFIX = "backbone.vision_backbone."
 LANGUAGE_PREFIX = "backbone.language_backbone."
 TRUNK_PREFIX = "backbone.vision_backbone.trunk"
@@ -36,6 +38,15 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = GRAD_CLIP_NORM  # max L2 norm of all gradients together
+
+
+def optim_settings(cfg: TrainConfig) -> OptimSettings:
+    """The run's AdamW settings (the config's names are the backend's: `lr_vision_backbone`, ...)."""
+    return OptimSettings(
+        lr_transformer=cfg.lr_transformer, lr_vision=cfg.lr_vision_backbone, lr_language=cfg.lr_language_backbone,
+        lr_scale=cfg.lr_scale, layer_decay=cfg.lrd_vision_backbone, weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
 
 
 def trunk_layer_id(name: str, num_layers: int) -> int:

@@ -8,12 +8,21 @@ from dataclasses import dataclass
 
 import torch
 
+from sam3lite_core.train.config import TrainConfig
+
 
 @dataclass(frozen=True)
 class ScheduleSettings:
     warmup_steps: int = 20
     timescale: int = 20
     cooldown_steps: int = 20
+
+
+def schedule_settings(cfg: TrainConfig) -> ScheduleSettings:
+    """The run's schedule: `scheduler_warmup`, `scheduler_timescale` and `scheduler_cooldown` in optimiser steps."""
+    return ScheduleSettings(
+        warmup_steps=cfg.scheduler_warmup, timescale=cfg.scheduler_timescale, cooldown_steps=cfg.scheduler_cooldown
+    )
 
 
 def lr_factor(step: int, total_steps: int, config: ScheduleSettings = ScheduleSettings()) -> float:
