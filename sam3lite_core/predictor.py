@@ -23,12 +23,12 @@ from torchvision.ops import nms
 
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
-from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
-from sam3lite_core.precision import amp_of_precision
-from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
 from sam3lite_core.inference import ImageLike, PromptLike, detect, encode_images, preprocess_image
-from sam3lite_core.weights import load_model
+from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
+from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
+from sam3lite_core.precision import amp_of_precision
 from sam3lite_core.tiling import TileSettings, merge_windows, tile_windows
+from sam3lite_core.weights import load_model
 
 MASKS_UNSUPPORTED = "masks are not supported: sam3lite is the box-only SAM3 detector (no mask head)"
 TILED_EXEMPLARS_UNSUPPORTED = (

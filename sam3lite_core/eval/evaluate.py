@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Subset
 
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
+from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
 from sam3lite_core.eval.coco_eval import EvalResult, evaluate_predictions
 from sam3lite_core.eval.predictions import MAX_DETS_PER_IMAGE, coco_detections, merge_detections
-from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
 from sam3lite_core.precision import autocast
 from sam3lite_core.weights import load_model
 

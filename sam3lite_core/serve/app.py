@@ -29,8 +29,17 @@ from sam3lite_core.inference import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
 from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache
 from sam3lite_core.serve.schemas import (
-    ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ImageRequest, ModelEntry, PromptResponse,
-    TextPromptBatchRequest, TextPromptRequest, TextRequest, VisualPromptRequest,
+    ActivateRequest,
+    ActivateResponse,
+    BatchPromptResponse,
+    Detection,
+    ImageRequest,
+    ModelEntry,
+    PromptResponse,
+    TextPromptBatchRequest,
+    TextPromptRequest,
+    TextRequest,
+    VisualPromptRequest,
 )
 from sam3lite_core.serve.state import ModelState, model_entries
 

@@ -8,8 +8,8 @@ Unlike upstream, the model runs no matcher: this criterion matches every layer i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
