@@ -14,6 +14,7 @@ from sam3lite_core.data.signature import dataset_signature
 from sam3lite_core.train.config import ConfigError
 from sam3lite_pipeline.jobs import retrain
 from sam3lite_pipeline.partitions import datasets
+from sam3lite_pipeline.records import latest_values
 from sam3lite_pipeline.resources import StorageRoots
 from sam3lite_pipeline.train_settings import resolve_train_config, split_settings
 
@@ -29,13 +30,11 @@ def standing_config_hash(storage: StorageRoots, dataset_id: str) -> str:
 
 
 def last_trained(instance: dg.DagsterInstance, dataset_id: str) -> dict[str, str] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[dataset_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
+    """The data signature and config hash the dataset's latest trained_model recorded; None when never trained."""
+    values = latest_values(instance, "trained_model", dataset_id)
+    if values is None:
         return None
-    meta = records[0].asset_materialization.metadata
-    return {key: meta[key].value for key in ("dataset_signature", "config_hash") if key in meta}
+    return {key: values[key] for key in ("dataset_signature", "config_hash") if key in values}
 
 
 @dg.schedule(job=retrain, cron_schedule=CRON, default_status=dg.DefaultScheduleStatus.STOPPED,

@@ -20,6 +20,7 @@ from sam3lite_core.data.report import DatasetError
 from sam3lite_core.data.signature import dataset_signature, stat_fingerprint
 from sam3lite_pipeline.jobs import retrain
 from sam3lite_pipeline.partitions import datasets
+from sam3lite_pipeline.records import latest_values
 from sam3lite_pipeline.resources import StorageRoots
 
 INTERVAL_S = int(os.environ.get("SAM3LITE_SENSOR_INTERVAL", "60"))
@@ -34,13 +35,7 @@ def dataset_folders(root: Path) -> list[Path]:
 
 def trained_signature(instance: dg.DagsterInstance, dataset_id: str) -> str | None:
     """The signature of the data the dataset's latest trained_model was trained on."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[dataset_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("dataset_signature")
-    return value.value if value is not None else None
+    return (latest_values(instance, "trained_model", dataset_id) or {}).get("dataset_signature")
 
 
 @dg.sensor(job=retrain, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,

@@ -1,7 +1,6 @@
 """`staged_dataset` (validate and sign the staged YOLO folder) and `coco_dataset` (its cached COCO conversion,
 with the blocking COCO-validity gate)."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -12,15 +11,11 @@ from sam3lite_core.data.scan import scan_dataset
 from sam3lite_pipeline.ops.coco_check import coco_problems
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.records import latest_metadata
+from sam3lite_pipeline.render import bullet_list, class_table, code_block
 from sam3lite_pipeline.resources import StorageRoots
 from sam3lite_pipeline.train_settings import split_settings
 
 GROUP = "sam3lite"
-
-
-def _class_table(classes: list[str], boxes: list[int]) -> str:
-    rows = "\n".join(f"| {i} | {name} | {n} |" for i, (name, n) in enumerate(zip(classes, boxes)))
-    return "| id | class | boxes |\n|---:|---|---:|\n" + rows
 
 
 @dg.asset(partitions_def=datasets, group_name=GROUP, kinds={"yolo"})
@@ -34,7 +29,7 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
     report = scan_dataset(root, cache_dir=storage.cache_dir)
     text = report.text()
     if not report.ok:
-        raise dg.Failure(description=text, metadata={"scan_report": dg.MetadataValue.md(f"```\n{text}\n```")})
+        raise dg.Failure(description=text, metadata={"scan_report": dg.MetadataValue.md(code_block(text))})
     c = report.counts
     return dg.MaterializeResult(
         metadata={
@@ -43,8 +38,8 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
             "images": c.images, "backgrounds": c.backgrounds, "boxes": c.boxes, "skipped": c.skipped,
             "dropped": c.dropped, "problems": len(report.problems),
             "classes": dg.MetadataValue.json(report.classes),
-            "per_class": dg.MetadataValue.md(_class_table(report.classes, c.boxes_per_class)),
-            "scan_report": dg.MetadataValue.md(f"```\n{text}\n```"),
+            "per_class": dg.MetadataValue.md(class_table(report.classes, c.boxes_per_class)),
+            "scan_report": dg.MetadataValue.md(code_block(text)),
         },
         data_version=dg.DataVersion(report.signature or ""),
     )
@@ -86,7 +81,7 @@ def coco_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> dg
         data_version=dg.DataVersion(result.cache_key),
         check_results=[dg.AssetCheckResult(
             check_name="coco_valid", passed=not problems,
-            metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+            metadata={"problems": dg.MetadataValue.md(bullet_list(problems))},
         )],
     )
 

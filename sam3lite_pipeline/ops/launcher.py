@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
 
 from sam3lite_core.distributed import LaunchSettings, launch_command
-
+from sam3lite_pipeline.render import code_block
 from sam3lite_pipeline.resources import TrainLauncher
 
 LAUNCH_ID_ENV = "SAM3LITE_LAUNCH_ID"  # set in every training process; tests and operators find the tree by it
@@ -103,7 +102,6 @@ def launch_training(
     or passes the wall-clock limit, and stop the whole group on cancellation or any error here."""
     launch_id = uuid.uuid4().hex
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    limit_s = launcher.wall_clock_limit_minutes * 60 if launcher.wall_clock_limit_minutes else None
     with dg.open_pipes_session(
         context=context,
         context_injector=dg.PipesEnvContextInjector(),
@@ -123,17 +121,8 @@ def launch_training(
         pump = threading.Thread(target=_pump, args=(process.stdout, tail), daemon=True)
         pump.start()
         try:
-            while process.poll() is None:
-                if limit_s is not None and time.monotonic() - started > limit_s:
-                    stop_group(pgid, process, launcher.termination_grace_s)
-                    raise dg.Failure(
-                        description=f"training passed the launcher's wall-clock limit of "
-                        f"{launcher.wall_clock_limit_minutes:g} min and was stopped; the last complete checkpoint "
-                        f"is kept. Raise TrainLauncher.wall_clock_limit_minutes or lower time_limit_minutes.",
-                        metadata={"last_lines": dg.MetadataValue.md(_code(tail))},
-                    )
-                time.sleep(0.5)  # short sleeps: a cancellation interrupts us between them
-        except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+            _supervise(process, pgid, launcher, started, tail)
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             context.log.warning(f"run cancelled: stopping training process group {pgid}")
             stop_group(pgid, process, launcher.termination_grace_s)
             raise
@@ -142,17 +131,38 @@ def launch_training(
                 stop_group(pgid, process, launcher.termination_grace_s)
             pump.join(timeout=5)
         wall_s = time.monotonic() - started
-        if process.returncode != 0:
-            raise dg.Failure(
-                description=f"training exited with code {process.returncode} after {wall_s:.0f} s; last lines:\n"
-                + "\n".join(list(tail)[-15:]),
-                metadata={"last_lines": dg.MetadataValue.md(_code(tail)), "exit_code": process.returncode},
-            )
-        # Stragglers after a clean exit (a worker that ignored torchrun's teardown) must not outlive the step.
-        if _group_alive(pgid):
-            stop_group(pgid, process, launcher.termination_grace_s)
+        _check_exit(process, pgid, launcher, wall_s, tail)
     return Launched(launch_id, process.pid, wall_s, list(session.get_custom_messages()))
 
 
-def _code(lines: collections.deque[str]) -> str:
-    return "```\n" + "\n".join(lines) + "\n```"
+def _supervise(
+    process: subprocess.Popen, pgid: int, launcher: TrainLauncher, started: float, tail: collections.deque[str]
+) -> None:
+    """Wait for the leader to exit; past the wall-clock limit, stop the group and raise dg.Failure."""
+    limit_s = launcher.wall_clock_limit_minutes * 60 if launcher.wall_clock_limit_minutes else None
+    while process.poll() is None:
+        if limit_s is not None and time.monotonic() - started > limit_s:
+            stop_group(pgid, process, launcher.termination_grace_s)
+            raise dg.Failure(
+                description=f"training passed the launcher's wall-clock limit of "
+                f"{launcher.wall_clock_limit_minutes:g} min and was stopped; the last complete checkpoint "
+                f"is kept. Raise TrainLauncher.wall_clock_limit_minutes or lower time_limit_minutes.",
+                metadata={"last_lines": dg.MetadataValue.md(code_block("\n".join(tail)))},
+            )
+        time.sleep(0.5)  # short sleeps: a cancellation interrupts us between them
+
+
+def _check_exit(
+    process: subprocess.Popen, pgid: int, launcher: TrainLauncher, wall_s: float, tail: collections.deque[str]
+) -> None:
+    """dg.Failure with the last lines for a non-zero exit; after a clean exit, stop what is left of the group."""
+    if process.returncode != 0:
+        raise dg.Failure(
+            description=f"training exited with code {process.returncode} after {wall_s:.0f} s; last lines:\n"
+            + "\n".join(list(tail)[-15:]),
+            metadata={"last_lines": dg.MetadataValue.md(code_block("\n".join(tail))),
+                      "exit_code": process.returncode},
+        )
+    # Stragglers after a clean exit (a worker that ignored torchrun's teardown) must not outlive the step.
+    if _group_alive(pgid):
+        stop_group(pgid, process, launcher.termination_grace_s)
