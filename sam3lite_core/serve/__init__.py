@@ -1,5 +1,2 @@
-"""The inference service (`sam3lite serve`): `create_app` builds the FastAPI app."""
-
-from sam3lite_core.serve.app import create_app
-
-__all__ = ["create_app"]
+"""The inference service (`sam3lite serve`): `app.create_app` builds the FastAPI app, `state` holds the active
+model, `schemas` the backend's request and response shapes."""
