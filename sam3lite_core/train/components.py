@@ -23,6 +23,7 @@ from sam3lite_core.train.ema import ModelEMA
 from sam3lite_core.train.events import Event, EventHandler, event_lines, log_event
 from sam3lite_core.train.losses import SetCriterion
 from sam3lite_core.train.mining import HardExampleMiner
+from sam3lite_core.precision import resolve_amp
 from sam3lite_core.train.optim import build_optimizer
 from sam3lite_core.train.run_folder import RunFolder, latest_run, new_run_name
 from sam3lite_core.train.schedule import InverseSqrtSchedule
@@ -77,14 +78,6 @@ class Components:
     @property
     def planned_steps(self) -> int:
         return self.cfg.max_epochs * self.train_data.steps_per_epoch
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp != "auto":
-        return amp
-    if device.type != "cuda":
-        return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def resolve_run_dir(cfg: TrainConfig, dataset_id: str) -> Path:

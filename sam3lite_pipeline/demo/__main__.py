@@ -27,7 +27,7 @@ from PIL import Image
 
 from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES, write_synth
 from sam3lite_core.serve.state import ModelState
-from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
+from sam3lite_core.train.recipes import cpu_from_scratch, processes_for_host
 
 DATASET = "synthetic"
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +64,8 @@ def main() -> int:
         if not instance.has_dynamic_partition("datasets", DATASET):
             instance.add_dynamic_partitions("datasets", [DATASET])
 
-    # The recipe's data-parallel processes (one per core), fewer on a machine with fewer cores.
-    processes = min(CPU_FROM_SCRATCH_PROCESSES, os.cpu_count() or 1)
+    # The recipe's data-parallel processes: one per GPU, else one per core (recipes.processes_for_host).
+    processes = processes_for_host()
     run_config = {
         "ops": {"trained_model": {"config": {**cpu_from_scratch(processes), "time_limit_minutes": minutes}}},
         "resources": {"gates": {"config": {"map_floor": floor}}},
