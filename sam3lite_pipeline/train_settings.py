@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from pydantic import Field, create_model
 
-from sam3lite_core.train.config import ConfigError, TrainConfig
+from sam3lite_core.train.config import ConfigError, TrainConfig, read_yaml_mapping
 
 DATASET_CONFIG = "sam3lite.yaml"
 # Where the run goes and what it reads: the pipeline decides, not a config layer.
@@ -69,12 +68,7 @@ def read_layer(path: Path | None, what: str) -> dict[str, Any]:
     """A YAML mapping of TrainConfig fields ({} when `path` is None or missing); ConfigError names the file."""
     if path is None or not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} ({what}): not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} ({what}): expected a mapping of field: value, got {type(data).__name__}")
+    data = read_yaml_mapping(path, what)
     owned = sorted(set(data) & set(PIPELINE_OWNED))
     if owned:
         raise ConfigError(f"{path} ({what}): {', '.join(owned)} cannot be set here: the pipeline sets them")

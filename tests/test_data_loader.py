@@ -15,8 +15,8 @@ from sam3lite_core.batch import Batch
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
-from sam3lite_core.data.synth import write_synth
 from sam3lite_core.data.images import inspect_image, load_rgb
+from sam3lite_core.data.synth import write_synth
 from sam3lite_core.data.transforms import build_transforms, train_sizes
 
 RES = 96
@@ -99,9 +99,10 @@ def test_train_min_scale_narrows_the_sizes_and_at_one_fills_the_canvas():
 
 def test_train_min_scale_reaches_the_dataset_from_the_training_config(converted):
     from sam3lite_core.train.config import TrainConfig
+    from sam3lite_core.train.loader import loader_settings
 
     def padded_rows_or_columns(train_min_scale: float) -> int:
-        settings = TrainConfig.parse({"resolution": 98, "train_min_scale": train_min_scale}).loader_settings()
+        settings = loader_settings(TrainConfig.parse({"resolution": 98, "train_min_scale": train_min_scale}))
         ds = CocoQueryDataset(converted.train_json, converted.train_images_root, settings, train=True)
         torch.manual_seed(0)
         padding = [(ds[i].image[0] == -1) for i in range(len(ds))]

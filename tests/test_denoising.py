@@ -8,8 +8,8 @@ import torch
 from sam3lite_core import box_ops
 from sam3lite_core.batch import Batch
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.train.denoising import DenoisingConfig, make_denoising_queries
-from sam3lite_core.train.losses import LossConfig, SetCriterion
+from sam3lite_core.train.denoising import DenoisingSettings, make_denoising_queries
+from sam3lite_core.train.losses import LossSettings, SetCriterion
 
 # 3 find queries: two boxes, none, one; Tmax = 2.
 TARGETS = torch.tensor([
@@ -21,9 +21,9 @@ NUM_BOXES = torch.tensor([2, 0, 1])
 
 
 def test_off_or_without_boxes_there_are_no_queries():
-    assert make_denoising_queries(TARGETS, NUM_BOXES, DenoisingConfig(groups=0)) is None
+    assert make_denoising_queries(TARGETS, NUM_BOXES, DenoisingSettings(groups=0)) is None
     assert make_denoising_queries(torch.zeros(3, 2, 4), torch.zeros(3, dtype=torch.long),
-                                  DenoisingConfig(groups=2)) is None
+                                  DenoisingSettings(groups=2)) is None
 
 
 @pytest.mark.parametrize("noise", [0.1, 0.4, 1.0])
@@ -31,7 +31,7 @@ def test_every_edge_moves_within_the_noise_bound(noise):
     torch.manual_seed(0)
     targets = torch.rand(50, 4, 4) * 0.5 + torch.tensor([0.25, 0.25, 0.0, 0.0])
     num_boxes = torch.randint(0, 5, (50,))
-    dn = make_denoising_queries(targets, num_boxes, DenoisingConfig(groups=3, box_noise=noise))
+    dn = make_denoising_queries(targets, num_boxes, DenoisingSettings(groups=3, box_noise=noise))
     assert dn.anchors.shape == (12, 50, 4)
     assert dn.target_idx.tolist() == [0, 1, 2, 3] * 3
     assert torch.equal(dn.valid, (torch.arange(4).repeat(3)[None] < num_boxes[:, None]))
@@ -58,7 +58,7 @@ def test_denoising_queries_are_invisible_to_the_matching_queries():
     model = build_model("tiny").train()
     keys = set(model.state_dict())
     batch = _batch()
-    dn = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingConfig(groups=2))
+    dn = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingSettings(groups=2))
     with_dn, without = model(batch, dn.anchors), model(batch)
     assert with_dn["pred_boxes_dn"].shape == (3, 4, 4) and with_dn["pred_logits_dn"].shape == (3, 4, 1)
     assert "pred_boxes_dn" not in without
@@ -83,11 +83,11 @@ def _outputs(dn_boxes: torch.Tensor, dn_logits: torch.Tensor) -> dict:
 
 
 def test_each_denoising_query_is_scored_against_its_own_box_only():
-    dn = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingConfig(groups=2))
+    dn = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingSettings(groups=2))
     exact = TARGETS[:, dn.target_idx].clone()  # [Q, Ndn, 4]: every slot predicts the box it came from
     exact[~dn.valid] = torch.tensor([0.5, 0.5, 0.2, 0.2])
     logits = torch.full((3, 4, 1), 3.0)
-    criterion = SetCriterion(LossConfig(pad_num_queries=None))
+    criterion = SetCriterion(LossSettings(pad_num_queries=None))
     base = criterion(_outputs(exact, logits), TARGETS, NUM_BOXES)
     losses = criterion(_outputs(exact, logits), TARGETS, NUM_BOXES, dn)
     for suffix in ("_dn", "_0_dn"):
@@ -108,7 +108,7 @@ def test_each_denoising_query_is_scored_against_its_own_box_only():
     torch.testing.assert_close(again["loss"], losses["loss"])
 
     # The box terms are per copy: two groups weigh what one does.
-    one = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingConfig(groups=1))
+    one = make_denoising_queries(TARGETS, NUM_BOXES, DenoisingSettings(groups=1))
     shifted = TARGETS[:, one.target_idx] + 0.05
     doubled = torch.cat([shifted, shifted], dim=1)
     l1_one = criterion(_outputs(shifted, logits[:, :2]), TARGETS, NUM_BOXES, one)["loss_bbox_dn"]

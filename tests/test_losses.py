@@ -13,7 +13,7 @@ import vendor_harness
 from test_matcher import random_problem
 
 from sam3lite_core import box_ops
-from sam3lite_core.train.losses import LossConfig, SetCriterion
+from sam3lite_core.train.losses import LossSettings, SetCriterion
 
 NUM_AUX = 5
 TOLERANCE = 1e-5
@@ -79,7 +79,7 @@ def test_batch_without_any_ground_truth():
 def test_sqrt_queries_scaling_is_optional():
     outputs, target_boxes, num_boxes = random_outputs(3, num_preds=30)
     scaled = SetCriterion()(outputs, target_boxes, num_boxes)["loss"]
-    plain = SetCriterion(LossConfig(scale_by_sqrt_queries=False))(outputs, target_boxes, num_boxes)["loss"]
+    plain = SetCriterion(LossSettings(scale_by_sqrt_queries=False))(outputs, target_boxes, num_boxes)["loss"]
     assert scaled.item() == pytest.approx(math.sqrt(5) * plain.item(), rel=1e-6)
 
 

@@ -12,7 +12,7 @@ import vendor_harness
 from torch import nn
 
 from sam3lite_core.model.sam3lite import build_model
-from sam3lite_core.train.optim import OptimConfig, build_optimizer, clip_gradients, param_groups, trunk_layer_id
+from sam3lite_core.train.optim import OptimSettings, build_optimizer, clip_gradients, param_groups, trunk_layer_id
 
 WIDTH = 8
 
@@ -103,7 +103,7 @@ def test_trunk_layer_ids():
 def test_frozen_parameters_are_left_out_and_optimizer_builds():
     model = vendor_style_model()
     model.backbone.language_backbone.requires_grad_(False)
-    optimizer = build_optimizer(model, OptimConfig(lr_scale=1.0))
+    optimizer = build_optimizer(model, OptimSettings(lr_scale=1.0))
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
     assert max(group["lr"] for group in optimizer.param_groups) == pytest.approx(8e-4)

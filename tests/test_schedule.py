@@ -9,7 +9,7 @@ import pytest
 import torch
 import vendor_harness
 
-from sam3lite_core.train.schedule import InverseSqrtSchedule, ScheduleConfig, lr_factor
+from sam3lite_core.train.schedule import InverseSqrtSchedule, ScheduleSettings, lr_factor
 
 TOTAL = 1000
 
@@ -32,7 +32,7 @@ def test_cooldown_is_linear_to_zero():
 
 
 def test_no_warmup_no_cooldown():
-    config = ScheduleConfig(warmup_steps=0, timescale=10, cooldown_steps=0)
+    config = ScheduleSettings(warmup_steps=0, timescale=10, cooldown_steps=0)
     assert lr_factor(0, TOTAL, config) == 1.0
     assert lr_factor(30, TOTAL, config) == pytest.approx(1 / math.sqrt(4.0))
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from sam3lite_core.train.config import ConfigError, TrainConfig
+from sam3lite_core.train.components import detector_config
+from sam3lite_core.train.config import ConfigError, TrainConfig, read_yaml_mapping
+from sam3lite_core.train.denoising import denoising_settings
+from sam3lite_core.train.loader import balance_settings, convert_settings, loader_settings
+from sam3lite_core.train.losses import loss_settings
+from sam3lite_core.train.optim import optim_settings
+from sam3lite_core.train.schedule import schedule_settings
 
 
 def test_yaml_then_overrides_with_yaml_typed_values(tmp_path):
@@ -82,20 +88,22 @@ def test_derived_settings():
     cfg = TrainConfig(preset="tiny", val_percent=0.3, split_seed=7, balance_classes=True, background_weight=0.5,
                       target_epoch_size=9, prompt_variants={"red circle": "disc, round"}, prompt_randomize=False,
                       hflip_prob=0.5, lr_scale=2.0, language_backbone_lr=1e-5, o2m_weight=1.0, scheduler_cooldown=5)
-    assert cfg.convert_settings().val_fraction == 0.3 and cfg.convert_settings().seed == 7
-    balance = cfg.balance_settings()
+    assert convert_settings(cfg).val_fraction == 0.3 and convert_settings(cfg).seed == 7
+    balance = balance_settings(cfg)
     assert (balance.strategy, balance.background_weight, balance.target_epoch_size) == ("inv_sqrt", 0.5, 9)
-    assert TrainConfig(balance_strategy="focal", balance_classes=False).balance_settings().strategy == "none"
-    loader = cfg.loader_settings()
+    assert balance_settings(TrainConfig(balance_strategy="focal", balance_classes=False)).strategy == "none"
+    loader = loader_settings(cfg)
     assert loader.resolution == 112 and loader.hflip_prob == 0.5
     assert loader.prompt_variants == {"red circle": ["disc"]}  # prompt_randomize false: the first variant only
-    optim = cfg.optim_config()
+    optim = optim_settings(cfg)
     assert (optim.lr_scale, optim.lr_language, optim.grad_clip) == (2.0, 1e-5, 0.1)
-    assert cfg.loss_config().o2m_weight == 1.0 and cfg.schedule_config().cooldown_steps == 5
-    assert cfg.loss_config().pad_num_queries == 200  # upstream's default
-    assert TrainConfig(loss_pad_num_queries=None).loss_config().pad_num_queries is None
-    assert cfg.detector_config().vision.image_size == 112
-    assert TrainConfig(preset="tiny", resolution=224).detector_config().vision.image_size == 224
+    assert loss_settings(cfg).o2m_weight == 1.0 and schedule_settings(cfg).cooldown_steps == 5
+    assert loss_settings(cfg).pad_num_queries == 200  # upstream's default
+    assert loss_settings(TrainConfig(loss_pad_num_queries=None)).pad_num_queries is None
+    denoising = denoising_settings(TrainConfig(denoising_groups=3, denoising_box_noise=0.2))
+    assert (denoising.groups, denoising.box_noise) == (3, 0.2)
+    assert detector_config(cfg).vision.image_size == 112
+    assert detector_config(TrainConfig(preset="tiny", resolution=224)).vision.image_size == 224
     assert TrainConfig(preset="sam3").use_activation_checkpointing and not TrainConfig().use_activation_checkpointing
 
 
@@ -107,3 +115,25 @@ def test_cpu_recipe_is_a_valid_config_with_the_same_global_batch(processes):
     assert cfg.train_batch_size * processes == GLOBAL_BATCH
     with pytest.raises(ValueError, match="must divide"):
         cpu_from_scratch(3)
+
+
+def test_yaml_files_are_read_as_one_mapping_and_errors_name_the_file_and_the_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("# only a comment\n")
+    assert read_yaml_mapping(path) == {} and TrainConfig.from_yaml(path) == TrainConfig()
+    path.write_text("max_epochs: 3\n")
+    assert read_yaml_mapping(path) == {"max_epochs": 3}
+    cases = [
+        ("max_epochs: 3\n  lr_scale: [1\n", f"{path} (what it is): not valid YAML at line 2, column 11: "),
+        ("- max_epochs\n", f"{path} (what it is): expected a mapping of field: value at the top level, got list"),
+    ]
+    for text, expected in cases:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            read_yaml_mapping(path, "what it is")
+        assert str(info.value).startswith(expected), str(info.value)
+    with pytest.raises(ConfigError, match="expected a mapping such as `a: 1` at the top level, got list"):
+        read_yaml_mapping(path, expected="a mapping such as `a: 1`")
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=f"^{missing}: cannot read the file \\(No such file or directory\\)$"):
+        TrainConfig.from_yaml(missing)

@@ -9,14 +9,14 @@ import time
 
 import pytest
 import torch
+from train_helpers import make_dataset, threads, tiny_config
 
+from sam3lite_core.distributed import init_distributed
 from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import build_components
-from sam3lite_core.distributed import init_distributed
 from sam3lite_core.train.loop import Clock, forward_backward, train_one_epoch, train_step
-from sam3lite_core.train.stop_signal import StopSignal
 from sam3lite_core.train.mining import HardExampleMiner
-from train_helpers import make_dataset, threads, tiny_config
+from sam3lite_core.train.stop_signal import StopSignal
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_bf16_autocast_changes_the_numerics(work):
 def test_denoising_queries_add_a_loss_and_change_the_gradient(work, monkeypatch):
     given = []
     off, on = build(work), build(work, denoising_groups=2, denoising_box_noise=0.3)
-    assert (on.cfg.denoising_config().groups, on.cfg.denoising_config().box_noise) == (2, 0.3)
+    assert (on.denoising.groups, on.denoising.box_noise) == (2, 0.3)
     (batch,) = batches(off, 1)
     decoder = on.model.transformer.decoder
     forward = decoder.forward

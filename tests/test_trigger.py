@@ -16,8 +16,8 @@ from dagster_servers import dagster_server, free_port, process_alive
 from graphql import parse, validate
 
 from sam3lite_core import cli
-from sam3lite_pipeline.trigger.documents import DOCUMENTS
 from sam3lite_pipeline.trigger.client import Gate, TriggerClient, TriggerError
+from sam3lite_pipeline.trigger.documents import DOCUMENTS
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -164,6 +164,16 @@ def test_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["trigger", "launch"])  # --dataset missing
     assert caught.value.code == 2
+
+
+def test_cli_run_config_that_is_not_a_mapping_is_a_usage_error(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("- max_epochs: 3\n")
+    assert cli.main(["trigger", "launch", "--dataset", "x", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"sam3lite trigger: {config} (run config): expected a mapping such as `ops: {{trained_model: {{config: ...}}}}` "
+        "at the top level, got list\n"
+    )
 
 
 def test_help_lists_trigger():

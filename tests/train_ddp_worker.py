@@ -24,13 +24,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from train_helpers import tiny_config  # noqa: E402
+
 from sam3lite_core.data.collator import collate  # noqa: E402
 from sam3lite_core.data.dataset import CocoQueryDataset  # noqa: E402
-from sam3lite_core.train.components import build_components  # noqa: E402
 from sam3lite_core.distributed import init_distributed, shutdown  # noqa: E402
 from sam3lite_core.eval.evaluate import evaluate  # noqa: E402
+from sam3lite_core.train.components import build_components  # noqa: E402
+from sam3lite_core.train.loader import loader_settings  # noqa: E402
 from sam3lite_core.train.loop import train_step  # noqa: E402
-from train_helpers import tiny_config  # noqa: E402
 
 
 class ScaledLoss(nn.Module):
@@ -63,7 +65,7 @@ def main() -> None:
     c = build_components(cfg, info, None)
     if not info.distributed:
         c.criterion = ScaledLoss(c.criterion, 1 / math.sqrt(world))
-    data = CocoQueryDataset(c.data_result.train_json, c.data_result.train_images_root, cfg.loader_settings(),
+    data = CocoQueryDataset(c.data_result.train_json, c.data_result.train_images_root, loader_settings(cfg),
                             train=False)  # no augmentation
     stats = evaluate(c.model, c.val.coco_json, c.val.images_root).stats
     out: dict = {"eval": stats, "steps": []}

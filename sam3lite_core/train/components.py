@@ -10,23 +10,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sam3lite_core.weights import load_checkpoint
 from sam3lite_core.data.convert import ConvertResult, convert_dataset
 from sam3lite_core.data.layout import find_layout
+from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
+from sam3lite_core.model.config import PRESETS, ModelConfig
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
+from sam3lite_core.precision import resolve_amp
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
-from sam3lite_core.train.denoising import DenoisingConfig
-from sam3lite_core.train.loader import TrainData, build_train_data, limited_coco
-from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
+from sam3lite_core.train.denoising import DenoisingSettings, denoising_settings
 from sam3lite_core.train.ema import ModelEMA
 from sam3lite_core.train.events import Event, EventHandler, event_lines, log_event
-from sam3lite_core.train.losses import SetCriterion
+from sam3lite_core.train.loader import TrainData, build_train_data, convert_settings, limited_coco
+from sam3lite_core.train.losses import SetCriterion, loss_settings
 from sam3lite_core.train.mining import HardExampleMiner
-from sam3lite_core.precision import resolve_amp
-from sam3lite_core.train.optim import build_optimizer
+from sam3lite_core.train.optim import build_optimizer, optim_settings
 from sam3lite_core.train.run_folder import RunFolder, latest_run, new_run_name
-from sam3lite_core.train.schedule import InverseSqrtSchedule
+from sam3lite_core.train.schedule import InverseSqrtSchedule, schedule_settings
+from sam3lite_core.weights import load_checkpoint
 
 
 class Emitter:
@@ -62,7 +63,7 @@ class Components:
     model: Sam3Lite  # unwrapped: names, checkpoints, EMA
     ddp: nn.Module  # what the forward goes through (the model itself on one process)
     criterion: SetCriterion
-    denoising: DenoisingConfig
+    denoising: DenoisingSettings
     optimizer: torch.optim.Optimizer
     schedule: InverseSqrtSchedule
     scaler: torch.amp.GradScaler
@@ -103,16 +104,21 @@ def _convert(cfg: TrainConfig) -> tuple[ConvertResult, Path, str]:
     if not cfg.dataset:
         raise ValueError("dataset: no dataset folder given; pass --dataset DIR or set dataset: in the config")
     dataset_id = find_layout(cfg.dataset).dataset_id
-    result = convert_dataset(cfg.dataset, cfg.cache_path(), cfg.convert_settings())
+    result = convert_dataset(cfg.dataset, cfg.cache_path(), convert_settings(cfg))
     run_dir = resolve_run_dir(cfg, dataset_id)
     return result, run_dir, dataset_id
+
+
+def detector_config(cfg: TrainConfig) -> ModelConfig:
+    """The model's dimensions: the preset's, at the run's resolution."""
+    return PRESETS[cfg.preset].with_resolution(cfg.image_size)
 
 
 def build_model_for(cfg: TrainConfig, device: torch.device, emit: Callable[[Event], None]) -> Sam3Lite:
     """The model at the configured preset and resolution, initial weights loaded, freezing and activation
     checkpointing applied, in training mode."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg.detector_config(), device=device)
+    model = build_model(detector_config(cfg), device=device)
     if cfg.init_checkpoint:
         report = load_checkpoint(model, cfg.init_checkpoint)
         emit(log_event(f"init_checkpoint: {report.summary()}"))
@@ -141,12 +147,12 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
     model = build_model_for(cfg, info.device, emit)
     torch.manual_seed(cfg.seed + info.rank)  # per-rank stream for dropout and the like
     amp = resolve_amp(cfg.amp, info.device)
-    optimizer = build_optimizer(model, cfg.optim_config())
+    optimizer = build_optimizer(model, optim_settings(cfg))
     total = cfg.max_epochs * train_data.steps_per_epoch
     return Components(
         cfg=cfg, info=info, data_result=data_result, model=model, ddp=wrap_ddp(model, info),
-        criterion=SetCriterion(cfg.loss_config()), denoising=cfg.denoising_config(), optimizer=optimizer,
-        schedule=InverseSqrtSchedule(optimizer, total, cfg.schedule_config()),
+        criterion=SetCriterion(loss_settings(cfg)), denoising=denoising_settings(cfg), optimizer=optimizer,
+        schedule=InverseSqrtSchedule(optimizer, total, schedule_settings(cfg)),
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp == "fp16"),
         ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, miner=miner,
         train_data=train_data, val=val, run=run,

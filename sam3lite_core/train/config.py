@@ -1,11 +1,14 @@
-"""`TrainConfig`: every training tunable in one pydantic model, and the settings objects derived from it.
+"""`TrainConfig`: every training tunable in one pydantic model, the schema of a run.
 
 Field names are the backend's where it has one (reference/tator_contract.md sections 2.2 and 5: `max_epochs`,
 `train_batch_size`, `lr_scale`, `language_backbone_lr` as an alias, ...), so a backend request maps onto it
 key for key. YAML in (`from_yaml`), `key=value` overrides with YAML-typed values (`apply_overrides`), and every
-error names the field, what was given and what is allowed.
+error names the field, what was given and what is allowed. `read_yaml_mapping` is the one reader of YAML files
+for the CLI, the pipeline's config layers and the trigger.
 
-The loss, optimiser, schedule, loader, balance and conversion settings are derived here and nowhere else.
+This module is the schema only: each part's settings are derived from it beside the part, by one function
+`<part>_settings(cfg)` each (`loss_settings` in losses.py, `optim_settings` in optim.py, `schedule_settings` in
+schedule.py, `denoising_settings` in denoising.py, the data's in loader.py, the model's in components.py).
 """
 
 from __future__ import annotations
@@ -14,21 +17,12 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sam3lite_core.data.convert import ConvertSettings
-
-if TYPE_CHECKING:  # torch-based; imported where used so that reading a config stays light
-    from sam3lite_core.data.dataset import LoaderSettings
-    from sam3lite_core.data.sampler import BalanceSettings
-    from sam3lite_core.model.config import ModelConfig
-    from sam3lite_core.train.denoising import DenoisingConfig
-    from sam3lite_core.train.losses import LossConfig
-    from sam3lite_core.train.optim import OptimConfig
-    from sam3lite_core.train.schedule import ScheduleConfig
+from sam3lite_core.model.config import PRESETS
 
 Strategy = Literal["none", "inv_sqrt", "inv_pow", "clipped_inv", "effective_num", "focal", "log_inv"]
 PRESET_NAMES = ("sam3", "small", "tiny")
@@ -214,14 +208,7 @@ class TrainConfig(BaseModel):
         source = "defaults"
         if path is not None:
             source = str(path)
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except OSError as exc:
-                raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+            data = read_yaml_mapping(path)
         data.update({k: v for k, v in fields.items() if v is not None})
         return cls.parse(data, source).apply_overrides(overrides)
 
@@ -244,8 +231,6 @@ class TrainConfig(BaseModel):
     # Resolved values.
     @property
     def image_size(self) -> int:
-        from sam3lite_core.model.config import PRESETS
-
         return self.resolution or PRESETS[self.preset].vision.image_size
 
     @property
@@ -267,69 +252,39 @@ class TrainConfig(BaseModel):
         data = self.resolved().model_dump(mode="json", exclude=set(_NOT_HASHED))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    # Settings of the parts, derived in one place.
-    def detector_config(self) -> "ModelConfig":
-        from sam3lite_core.model.config import PRESETS
-
-        return PRESETS[self.preset].with_resolution(self.image_size)
-
-    def loss_config(self) -> "LossConfig":
-        from sam3lite_core.train.losses import LossConfig
-
-        return LossConfig(o2m_weight=self.o2m_weight, pad_num_queries=self.loss_pad_num_queries)
-
-    def denoising_config(self) -> "DenoisingConfig":
-        from sam3lite_core.train.denoising import DenoisingConfig
-
-        return DenoisingConfig(groups=self.denoising_groups, box_noise=self.denoising_box_noise)
-
-    def optim_config(self) -> "OptimConfig":
-        from sam3lite_core.train.optim import OptimConfig
-
-        return OptimConfig(
-            lr_transformer=self.lr_transformer, lr_vision=self.lr_vision_backbone,
-            lr_language=self.lr_language_backbone, lr_scale=self.lr_scale, layer_decay=self.lrd_vision_backbone,
-            weight_decay=self.weight_decay, grad_clip=self.grad_clip,
-        )
-
-    def schedule_config(self) -> "ScheduleConfig":
-        from sam3lite_core.train.schedule import ScheduleConfig
-
-        return ScheduleConfig(
-            warmup_steps=self.scheduler_warmup, timescale=self.scheduler_timescale,
-            cooldown_steps=self.scheduler_cooldown,
-        )
-
-    def loader_settings(self) -> "LoaderSettings":
-        from sam3lite_core.data.dataset import LoaderSettings
-
-        variants = self.prompt_variants
-        if not self.prompt_randomize:  # always the first variant, as evaluation does
-            variants = {k: (v.split(",") if isinstance(v, str) else v)[:1] for k, v in variants.items()}
-        return LoaderSettings(
-            resolution=self.image_size, prompt_variants=variants, hflip_prob=self.hflip_prob,
-            box_jitter=self.box_jitter, train_min_scale=self.train_min_scale,
-        )
-
-    def balance_settings(self) -> "BalanceSettings":
-        from sam3lite_core.data.sampler import BalanceSettings
-
-        strategy = self.balance_strategy
-        if self.balance_classes is False:
-            strategy = "none"
-        elif self.balance_classes and strategy == "none":
-            strategy = "inv_sqrt"
-        return BalanceSettings(
-            strategy=strategy, power=self.balance_power, clip=self.balance_clip, beta=self.balance_beta,
-            gamma=self.balance_gamma, background_weight=self.background_weight,
-            target_epoch_size=self.target_epoch_size, seed=self.seed,
-        )
-
-    def convert_settings(self) -> ConvertSettings:
-        return ConvertSettings(val_fraction=self.val_percent, seed=self.split_seed)
-
     def cache_path(self) -> Path:
+        """Where converted datasets and subsets go: `cache_dir`, by default `<runs_root>/.cache`."""
         return Path(self.cache_dir) if self.cache_dir else Path(self.runs_root) / ".cache"
+
+
+def read_yaml_mapping(path: str | Path, what: str = "", expected: str = "a mapping of field: value") -> dict[str, Any]:
+    """The top-level mapping of the YAML (or JSON) file at `path`; {} when it holds nothing (empty, comments only).
+
+    A ConfigError starts with the file (and `what` it is, when given) and says the problem: the file cannot be
+    read, its YAML is not valid (at which line and column, and what the parser found), or its top level is not
+    `expected`.
+    """
+    where = f"{path} ({what})" if what else str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: {_yaml_problem(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected {expected} at the top level, got {type(data).__name__}")
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`not valid YAML at line L, column C: what the parser found`; the parser's own text when it gives no place."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"not valid YAML ({exc})"
+    found = "; ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {found}"
 
 
 def _known_names() -> set[str]:

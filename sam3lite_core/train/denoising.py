@@ -16,18 +16,24 @@ from typing import NamedTuple
 import torch
 
 from sam3lite_core import box_ops
+from sam3lite_core.train.config import TrainConfig
 
 MIN_SIDE = 1e-3  # a noised box keeps at least this width and height (normalised)
 
 
 @dataclass(frozen=True)
-class DenoisingConfig:
+class DenoisingSettings:
     groups: int = 0  # noised copies of every ground-truth box; 0 = off
     box_noise: float = 0.4  # each edge moves by up to box_noise x half the box's side (DINO's default)
 
     def __post_init__(self) -> None:
         if self.groups < 0 or not 0 < self.box_noise <= 1:
             raise ValueError(f"denoising needs groups >= 0 and 0 < box_noise <= 1; got {self}")
+
+
+def denoising_settings(cfg: TrainConfig) -> DenoisingSettings:
+    """The run's denoising queries: `denoising_groups` noised copies with `denoising_box_noise`."""
+    return DenoisingSettings(groups=cfg.denoising_groups, box_noise=cfg.denoising_box_noise)
 
 
 class DenoisingQueries(NamedTuple):
@@ -44,7 +50,7 @@ class DenoisingQueries(NamedTuple):
 
 
 def make_denoising_queries(
-    target_boxes: torch.Tensor, num_boxes: torch.Tensor, config: DenoisingConfig
+    target_boxes: torch.Tensor, num_boxes: torch.Tensor, config: DenoisingSettings
 ) -> DenoisingQueries | None:
     """Noised copies of target_boxes [Q, Tmax, 4] (cxcywh, zero-padded; num_boxes [Q] valid rows), drawn from
     the global torch RNG (seeded per rank, saved in checkpoints); None when off or no query has a box."""

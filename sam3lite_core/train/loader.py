@@ -6,6 +6,9 @@ Two things make runs reproducible and resumable at any step, whatever the number
   of the training process;
 - `EpochSampler` yields (epoch, position, index) keys and can start an epoch part-way (`skip`), so a run resumed
   mid-epoch loads exactly the batches the interrupted run would have loaded next, without decoding the others.
+
+The data settings of a run (conversion, dataset, balance) are derived from its TrainConfig here, since
+sam3lite_core.data sits below train and does not know the config.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sam3lite_core.batch import Batch
 from sam3lite_core.data.collator import collate
-from sam3lite_core.data.dataset import CocoQueryDataset, Sample
-from sam3lite_core.data.sampler import BalancedSampler
-from sam3lite_core.train.config import TrainConfig
+from sam3lite_core.data.convert import ConvertSettings
+from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings, Sample
+from sam3lite_core.data.sampler import BalancedSampler, BalanceSettings
 from sam3lite_core.distributed import DistInfo
+from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.mining import HardExampleMiner
 
 SampleKey = tuple[int, int, int]  # (epoch, position in this rank's epoch, dataset index)
@@ -121,6 +125,38 @@ def cpu_threads(workers: int) -> int:
     return max(1, cores_per_process() - workers)
 
 
+def convert_settings(cfg: TrainConfig) -> ConvertSettings:
+    """How the dataset is converted: its train/val split (`val_percent`, `split_seed`)."""
+    return ConvertSettings(val_fraction=cfg.val_percent, seed=cfg.split_seed)
+
+
+def loader_settings(cfg: TrainConfig) -> LoaderSettings:
+    """The train dataset's resolution, prompts and augmentation. Without `prompt_randomize` every class keeps
+    only its first prompt variant, as evaluation does."""
+    variants = cfg.prompt_variants
+    if not cfg.prompt_randomize:
+        variants = {k: (v.split(",") if isinstance(v, str) else v)[:1] for k, v in variants.items()}
+    return LoaderSettings(
+        resolution=cfg.image_size, prompt_variants=variants, hflip_prob=cfg.hflip_prob, box_jitter=cfg.box_jitter,
+        train_min_scale=cfg.train_min_scale,
+    )
+
+
+def balance_settings(cfg: TrainConfig) -> BalanceSettings:
+    """The class-balanced sampling; `balance_classes` turns `balance_strategy` off (false) or on (true: inv_sqrt
+    unless a strategy is named)."""
+    strategy = cfg.balance_strategy
+    if cfg.balance_classes is False:
+        strategy = "none"
+    elif cfg.balance_classes and strategy == "none":
+        strategy = "inv_sqrt"
+    return BalanceSettings(
+        strategy=strategy, power=cfg.balance_power, clip=cfg.balance_clip, beta=cfg.balance_beta,
+        gamma=cfg.balance_gamma, background_weight=cfg.background_weight, target_epoch_size=cfg.target_epoch_size,
+        seed=cfg.seed,
+    )
+
+
 def limited_coco(coco_json: str, limit: int | None, seed: int, cache_dir: Path) -> str:
     """`coco_json` itself, or a copy with `limit` images drawn with `random.Random(seed)` (train_limit,
     val_limit), written once into the cache."""
@@ -143,7 +179,7 @@ def limited_coco(coco_json: str, limit: int | None, seed: int, cache_dir: Path) 
 def build_train_data(
     cfg: TrainConfig, coco_json: str, images_root: str, info: DistInfo
 ) -> tuple[TrainData, HardExampleMiner]:
-    dataset = CocoQueryDataset(coco_json, images_root, cfg.loader_settings(), train=True)
+    dataset = CocoQueryDataset(coco_json, images_root, loader_settings(cfg), train=True)
     batch = cfg.train_batch_size
     if len(dataset) < batch * info.world_size:
         raise ValueError(
@@ -151,7 +187,7 @@ def build_train_data(
             "processes; add images or lower train_batch_size"
         )
     base = BalancedSampler(
-        dataset.image_categories(), cfg.balance_settings(), batch_size=batch,
+        dataset.image_categories(), balance_settings(cfg), batch_size=batch,
         category_ids=[c["id"] for c in dataset.categories], rank=info.rank, world_size=info.world_size,
     )
     miner = HardExampleMiner(

@@ -8,8 +8,8 @@ Unlike upstream, the model runs no matcher: this criterion matches every layer i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from sam3lite_core import box_ops
 from sam3lite_core.distributed import all_reduce, rank_and_world
+from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.denoising import DenoisingQueries
 from sam3lite_core.train.matcher import HungarianMatcher, Match
 from sam3lite_core.train.o2m_matcher import OneToManyMatcher
@@ -28,7 +29,7 @@ _paired_generalized_iou = torch.vmap(lambda a, b: box_ops.generalized_box_iou(a[
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossSettings:
     """Loss weights and shapes; the defaults are upstream's roboflow fine-tune."""
 
     weight_ce: float = 20.0
@@ -47,6 +48,11 @@ class LossConfig:
     scale_by_sqrt_queries: bool = True  # total x sqrt(Q), Q = find queries on this rank
 
 
+def loss_settings(cfg: TrainConfig) -> LossSettings:
+    """The run's loss: its one-to-many weight and classification padding, upstream's weights otherwise."""
+    return LossSettings(o2m_weight=cfg.o2m_weight, pad_num_queries=cfg.loss_pad_num_queries)
+
+
 class _Targets(NamedTuple):
     boxes: torch.Tensor  # [Q, Tmax, 4] cxcywh
     boxes_xyxy: torch.Tensor  # [Q, Tmax, 4]
@@ -60,7 +66,7 @@ class SetCriterion(nn.Module):
 
     def __init__(
         self,
-        config: LossConfig = LossConfig(),
+        config: LossSettings = LossSettings(),
         matcher: HungarianMatcher | None = None,
         o2m_matcher: OneToManyMatcher | None = None,
     ) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sam3lite_core.train.config import TrainConfig
+
 VISION_PREFIX = "backbone.vision_backbone."
 LANGUAGE_PREFIX = "backbone.language_backbone."
 TRUNK_PREFIX = "backbone.vision_backbone.trunk"
@@ -24,7 +26,7 @@ GRAD_CLIP_NORM = 0.1
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimSettings:
     """AdamW settings; the defaults are upstream's roboflow fine-tune."""
 
     lr_transformer: float = 8e-4
@@ -36,6 +38,15 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = GRAD_CLIP_NORM  # max L2 norm of all gradients together
+
+
+def optim_settings(cfg: TrainConfig) -> OptimSettings:
+    """The run's AdamW settings (the config's names are the backend's: `lr_vision_backbone`, ...)."""
+    return OptimSettings(
+        lr_transformer=cfg.lr_transformer, lr_vision=cfg.lr_vision_backbone, lr_language=cfg.lr_language_backbone,
+        lr_scale=cfg.lr_scale, layer_decay=cfg.lrd_vision_backbone, weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
 
 
 def trunk_layer_id(name: str, num_layers: int) -> int:
@@ -50,7 +61,7 @@ def trunk_layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def param_groups(model: nn.Module, config: OptimConfig = OptimConfig()) -> list[dict]:
+def param_groups(model: nn.Module, config: OptimSettings = OptimSettings()) -> list[dict]:
     """AdamW param groups of the trainable parameters: dicts with "params", "lr" (the base, unscheduled),
     "weight_decay" and a readable "name" (family/layer/decay)."""
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
@@ -116,7 +127,7 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig = OptimConfig()) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimSettings = OptimSettings()) -> torch.optim.AdamW:
     """AdamW over `param_groups`; pass the unwrapped model (not DDP), whose names carry upstream's prefixes.
 
     The fused kernel where torch has one (CPU and CUDA): the same update as the per-tensor loop in one pass over

@@ -8,15 +8,24 @@ from dataclasses import dataclass
 
 import torch
 
+from sam3lite_core.train.config import TrainConfig
+
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleSettings:
     warmup_steps: int = 20
     timescale: int = 20
     cooldown_steps: int = 20
 
 
-def lr_factor(step: int, total_steps: int, config: ScheduleConfig = ScheduleConfig()) -> float:
+def schedule_settings(cfg: TrainConfig) -> ScheduleSettings:
+    """The run's schedule: `scheduler_warmup`, `scheduler_timescale` and `scheduler_cooldown` in optimiser steps."""
+    return ScheduleSettings(
+        warmup_steps=cfg.scheduler_warmup, timescale=cfg.scheduler_timescale, cooldown_steps=cfg.scheduler_cooldown
+    )
+
+
+def lr_factor(step: int, total_steps: int, config: ScheduleSettings = ScheduleSettings()) -> float:
     """Multiplier of the base learning rate at optimiser step `step` of `total_steps`:
 
     1 / sqrt((step + timescale - warmup) / timescale) after the warmup (1 at its end, 0.447 at step 100 with
@@ -46,7 +55,7 @@ class InverseSqrtSchedule:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, total_steps: int, config: ScheduleConfig = ScheduleConfig()
+        self, optimizer: torch.optim.Optimizer, total_steps: int, config: ScheduleSettings = ScheduleSettings()
     ) -> None:
         if total_steps <= 0:
             raise ValueError(f"the schedule needs a positive number of optimiser steps, got {total_steps}")

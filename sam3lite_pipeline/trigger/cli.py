@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sam3lite_core.train.config import ConfigError, read_yaml_mapping
 from sam3lite_pipeline.trigger.client import LogEvent, RunInfo, TriggerClient, TriggerError
 
 HELP = "launch and follow retrains on a Dagster webserver over GraphQL"
@@ -150,15 +149,9 @@ DAGSTER_SECTIONS = {"ops", "resources", "execution", "loggers"}
 
 def _read_run_config(path: Path) -> dict[str, Any]:
     try:
-        config = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read run config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"run config {path} is not valid YAML/JSON: {exc}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UsageError(f"run config {path} must be a mapping such as `ops: {{trained_model: {{config: ...}}}}`")
+        config = read_yaml_mapping(path, "run config", "a mapping such as `ops: {trained_model: {config: ...}}`")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     # A training config (run.yaml, as `sam3lite train --config` reads it) goes under the training asset; a file
     # with Dagster's own top-level sections is passed as it is.
     if config and not set(config) & DAGSTER_SECTIONS:
