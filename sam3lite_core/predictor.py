@@ -23,12 +23,12 @@ from torchvision.ops import nms
 
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
-from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
-from sam3lite_core.precision import amp_of_precision
-from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
 from sam3lite_core.inference import ImageLike, PromptLike, detect, encode_images, preprocess_image
-from sam3lite_core.weights import load_model
+from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
+from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
+from sam3lite_core.precision import amp_of_precision
 from sam3lite_core.tiling import TileSettings, merge_windows, tile_windows
+from sam3lite_core.weights import load_model
 
 MASKS_UNSUPPORTED = "masks are not supported: sam3lite is the box-only SAM3 detector (no mask head)"
 TILED_EXEMPLARS_UNSUPPORTED = (
@@ -101,6 +101,18 @@ def _check_prompt(prompt: PromptLike, index: int) -> str:
     raise ValueError(f"prompt {index} must be a string or a mapping with a 'text' string; got {prompt!r}")
 
 
+def _check_limits(threshold: float, max_detections: int | None, nms_iou: float | None, chunk_size: int) -> None:
+    """Refuses a `Predictor.predict` option outside its range, naming it."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if max_detections is not None and max_detections < 1:
+        raise ValueError(f"max_detections must be >= 1 or None, got {max_detections}")
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise ValueError(f"nms_iou must be in (0, 1] or None, got {nms_iou}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
 class Predictor:
     """A detector in eval mode on one device, with its inference precision, keeping the image features of the
     last `cached_images` images (a tiled image counts one per window)."""
@@ -147,14 +159,7 @@ class Predictor:
         images = [images] if not isinstance(images, (list, tuple)) else list(images)
         prompts = [prompts] if isinstance(prompts, (str, Mapping)) else list(prompts)
         texts = [_check_prompt(p, i) for i, p in enumerate(prompts)]
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        if max_detections is not None and max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1 or None, got {max_detections}")
-        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must be in (0, 1] or None, got {nms_iou}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        _check_limits(threshold, max_detections, nms_iou, chunk_size)
         if tile is not None and not all(isinstance(p, str) for p in prompts):
             raise ValueError(TILED_EXEMPLARS_UNSUPPORTED)
         results = []
@@ -162,12 +167,7 @@ class Predictor:
             pixels = load_rgb(image)
             height, width = pixels.shape[:2]
             windows = tile_windows(height, width, tile) if tile else torch.tensor([[0, 0, width, height]])
-            key = (image_token(pixels), tuple(map(tuple, windows.tolist())))
-            features = self.features.get_or_compute(key, lambda: self._encode(pixels, windows))
-            step = max(1, chunk_size // len(windows))
-            chunks = [detect(self.model, features, prompts[i : i + step], windows, precision=self.precision)
-                      for i in range(0, len(prompts), step)]
-            boxes, scores = torch.cat([b for b, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
+            boxes, scores = self._ground(pixels, windows, prompts, chunk_size)
             if tile is None:
                 per_prompt = list(zip(boxes[0], scores[0]))
             else:
@@ -177,6 +177,19 @@ class Predictor:
                 for (b, s), text in zip(per_prompt, texts)
             ])
         return results
+
+    def _ground(
+        self, pixels: np.ndarray, windows: torch.Tensor, prompts: list[PromptLike], chunk_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [H, W, 3] pixels, windows long [T, 4] -> every window's answer to every prompt, unthresholded,
+        as from `detect`: boxes [T, K, Nq, 4] xyxy px, scores [T, K, Nq]. The features come from the cache when
+        it has them; at most `chunk_size` (window, prompt) pairs go through one forward."""
+        key = (image_token(pixels), tuple(map(tuple, windows.tolist())))
+        features = self.features.get_or_compute(key, lambda: self._encode(pixels, windows))
+        step = max(1, chunk_size // len(windows))
+        chunks = [detect(self.model, features, prompts[i : i + step], windows, precision=self.precision)
+                  for i in range(0, len(prompts), step)]
+        return torch.cat([b for b, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
 
     def _encode(self, pixels: np.ndarray, windows: torch.Tensor) -> ImageFeatures:
         """uint8 [H, W, 3] pixels, windows long [T, 4] (x0, y0, x1, y1 px) -> their ImageFeatures, encoded

@@ -87,22 +87,14 @@ def evaluate_predictions(
     dataset = load_coco(coco_gt)
     _check_ids(dataset, detections, source="the ground truth" if isinstance(coco_gt, Mapping) else str(coco_gt))
     gt = COCO(dataset, print_function=logger.debug)
-    # loadRes writes "id", "area" and "segmentation" into each result dict: hand it copies.
-    dt = gt.loadRes([dict(det) for det in detections])
-    evaluator = COCOeval_faster(gt, dt, iouType="bbox", print_function=logger.debug)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
+    evaluator = _cocoeval(gt, detections)
 
     params = evaluator.params
     precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, -1]  # [T, R, K], area all, 100 dets
     recall = np.asarray(evaluator.eval["recall"])[:, :, 0, -1]  # [T, K]
     iou_50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
     iou_75 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.75)))
-    num_gt = {cat_id: 0 for cat_id in params.catIds}
-    for ann in dataset.get("annotations", []):
-        if not ann.get("iscrowd", 0) and ann["category_id"] in num_gt:
-            num_gt[ann["category_id"]] += 1
+    num_gt = _count_gt(dataset, params.catIds)
 
     per_class = []
     for k, cat_id in enumerate(params.catIds):
@@ -132,6 +124,26 @@ def evaluate_predictions(
         num_images=len(dataset.get("images", [])),
         num_detections=len(detections),
     )
+
+
+def _cocoeval(gt: COCO, detections: Sequence[Mapping[str, Any]]) -> COCOeval_faster:
+    """The bbox COCOeval of `detections` on `gt`, evaluated, accumulated and summarised (stats filled in)."""
+    # loadRes writes "id", "area" and "segmentation" into each result dict: hand it copies.
+    dt = gt.loadRes([dict(det) for det in detections])
+    evaluator = COCOeval_faster(gt, dt, iouType="bbox", print_function=logger.debug)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator
+
+
+def _count_gt(dataset: Mapping[str, Any], cat_ids: Sequence[int]) -> dict[int, int]:
+    """Ground-truth boxes per category of `cat_ids`, crowd ones excluded (those COCO ignores)."""
+    num_gt = {cat_id: 0 for cat_id in cat_ids}
+    for ann in dataset.get("annotations", []):
+        if not ann.get("iscrowd", 0) and ann["category_id"] in num_gt:
+            num_gt[ann["category_id"]] += 1
+    return num_gt
 
 
 def _mean_defined(values: np.ndarray) -> float:

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from sam3lite_core.batch import Batch
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
+from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
 from sam3lite_core.eval.coco_eval import EvalResult, evaluate_predictions
 from sam3lite_core.eval.predictions import MAX_DETS_PER_IMAGE, coco_detections, merge_detections
-from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
 from sam3lite_core.precision import autocast
 from sam3lite_core.weights import load_model
 
@@ -62,7 +62,6 @@ def evaluate(
         model = unwrap(model_or_checkpoint)
     else:
         model = load_model(model_or_checkpoint, device or "cpu", resolution, use_ema)
-    device = next(model.parameters()).device
     settings = LoaderSettings(resolution=model.cfg.vision.image_size, prompt_variants=prompt_variants or {})
     dataset = CocoQueryDataset(coco_json, images_root, settings, train=False)
     if len(dataset) == 0:
@@ -72,6 +71,18 @@ def evaluate(
         Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size, collate_fn=collate,
         num_workers=num_workers, pin_memory=device.type == "cuda",
     )
+    detections = _detect(model, loader, amp, score_thresh, max_dets, on_progress)
+    merged = merge_detections(all_gather_objects(detections), max_dets)
+    return evaluate_predictions(Path(coco_json), merged)
+
+
+def _detect(
+    model: nn.Module, loader: DataLoader, amp: str, score_thresh: float, max_dets: int,
+    on_progress: ProgressFn | None,
+) -> list[dict[str, Any]]:
+    """COCO detections of this rank's images (the best `max_dets` per image, scored >= score_thresh), the model
+    in eval mode meanwhile and then back in its previous mode."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     detections: list[dict[str, Any]] = []
@@ -86,8 +97,7 @@ def evaluate(
                 on_progress(done, len(loader))
     finally:
         model.train(was_training)
-    merged = merge_detections(all_gather_objects(detections), max_dets)
-    return evaluate_predictions(Path(coco_json), merged)
+    return detections
 
 
 def ground_in_chunks(model: nn.Module, batch: Batch, queries_per_forward: int) -> dict[str, torch.Tensor]:

@@ -143,17 +143,10 @@ class BoxDecoder(nn.Module):
         the given anchors, no self-attention) come last: N grows by Ndn.
         """
         num_q = memory.shape[1]
-        repeats = 2 if self.dac and self.training else 1
-        num_independent = self.num_queries if repeats == 2 else 0
-        tgt = self.query_embed.weight.unsqueeze(1).repeat(repeats, num_q, 1)  # [N, Q, D]
+        tgt, anchors, num_independent = self._initial_queries(num_q, denoising_anchors)
         # anchors: each layer's input boxes, first the learned ones (upstream lets the first layer's query
         # position and RPB train them), then the previous layer's boxes detached. reference: the same values,
         # with the graph through the previous layer's box offset, which the returned boxes build on.
-        anchors = self.reference_points.weight.unsqueeze(1).repeat(repeats, num_q, 1).sigmoid()  # [N, Q, 4]
-        if denoising_anchors is not None:
-            tgt = torch.cat([tgt, tgt.new_zeros(denoising_anchors.shape[0], num_q, tgt.shape[-1])])
-            anchors = torch.cat([anchors, denoising_anchors.to(anchors.dtype)])
-            num_independent += denoising_anchors.shape[0]
         reference = anchors
         presence = self.presence_token.weight.unsqueeze(1).expand(1, num_q, -1)
         all_hs, all_boxes, all_presence = [], [], []
@@ -186,6 +179,21 @@ class BoxDecoder(nn.Module):
         one-to-many half at 1008 px) is rebuilt there instead of held for every layer."""
         *before, num_independent = args
         return layer(*before, self._box_rpb(anchors, feat_size), num_independent)
+
+    def _initial_queries(
+        self, num_q: int, denoising_anchors: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The first layer's queries for Q find queries: (content tgt [N, Q, D], anchors [N, Q, 4] cxcywh,
+        how many of the N, the last ones, skip self-attention); N as in `forward`."""
+        repeats = 2 if self.dac and self.training else 1
+        num_independent = self.num_queries if repeats == 2 else 0
+        tgt = self.query_embed.weight.unsqueeze(1).repeat(repeats, num_q, 1)
+        anchors = self.reference_points.weight.unsqueeze(1).repeat(repeats, num_q, 1).sigmoid()
+        if denoising_anchors is not None:
+            tgt = torch.cat([tgt, tgt.new_zeros(denoising_anchors.shape[0], num_q, tgt.shape[-1])])
+            anchors = torch.cat([anchors, denoising_anchors.to(anchors.dtype)])
+            num_independent += denoising_anchors.shape[0]
+        return tgt, anchors, num_independent
 
     def _anchor_embedding(self, anchors: torch.Tensor) -> torch.Tensor:
         """anchors [N, Q, 4] cxcywh -> [N, Q, 2D]: sine embeddings of y, x, w, h, D / 2 channels each."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from torchvision.ops import box_iou
 
@@ -29,8 +29,17 @@ from sam3lite_core.inference import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
 from sam3lite_core.serve.images import DEFAULT_MAX_UPLOAD_BYTES, ImageCache
 from sam3lite_core.serve.schemas import (
-    ActivateRequest, ActivateResponse, BatchPromptResponse, Detection, ImageRequest, ModelEntry, PromptResponse,
-    TextPromptBatchRequest, TextPromptRequest, TextRequest, VisualPromptRequest,
+    ActivateRequest,
+    ActivateResponse,
+    BatchPromptResponse,
+    Detection,
+    ImageRequest,
+    ModelEntry,
+    PromptResponse,
+    TextPromptBatchRequest,
+    TextPromptRequest,
+    TextRequest,
+    VisualPromptRequest,
 )
 from sam3lite_core.serve.state import ModelState, model_entries
 
@@ -47,10 +56,18 @@ def create_app(
     SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation."""
     state = ModelState(Path(runs_root), base_checkpoint=Path(base_checkpoint) if base_checkpoint else None,
                        device=device, precision=precision)
-    images = ImageCache(max_upload_bytes=max_upload_bytes)
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     app = FastAPI(title="sam3lite", description="box-only SAM3 inference, backend-compatible")
     app.state.models = state
+    _guard(app, max_upload_bytes)
+    app.include_router(_model_routes(state, token))
+    app.include_router(_prompt_routes(state, ImageCache(max_upload_bytes=max_upload_bytes)))
+    return app
+
+
+def _guard(app: FastAPI, max_upload_bytes: int) -> None:
+    """Refuses a body too large for the image limit (413) before reading it, and answers a ValueError with
+    its reason and its `status` (default 400)."""
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -64,39 +81,51 @@ def create_app(
     async def user_error(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status", 400))
 
-    @app.get("/health")
+
+def _model_routes(state: ModelState, token: str | None) -> APIRouter:
+    """GET /health, GET /sam3/models (/available) and POST /sam3/models/activate (needs `token` when set)."""
+    router = APIRouter()
+
+    @router.get("/health")
     def health() -> dict:
         serving = state.current()
         return {"status": "ok", "model_loaded": serving.predictor is not None, "active": serving.active.model_dump()}
 
-    @app.get("/sam3/models", response_model=list[ModelEntry])
-    @app.get("/sam3/models/available", response_model=list[ModelEntry])
+    @router.get("/sam3/models", response_model=list[ModelEntry])
+    @router.get("/sam3/models/available", response_model=list[ModelEntry])
     def models() -> list[ModelEntry]:
         return list_models(state)
 
-    @app.post("/sam3/models/activate", response_model=ActivateResponse)
+    @router.post("/sam3/models/activate", response_model=ActivateResponse)
     def activate(body: ActivateRequest, authorization: str | None = Header(default=None)) -> ActivateResponse:
         if token is not None and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
             raise HTTPException(401, "activation needs the header 'Authorization: Bearer <SAM3LITE_SERVE_TOKEN>'")
         return ActivateResponse(active=state.activate(body.checkpoint_path, body.label, body.enable_segmentation))
 
-    @app.post("/sam3/text_prompt", response_model=PromptResponse)
+    return router
+
+
+def _prompt_routes(state: ModelState, images: ImageCache) -> APIRouter:
+    """POST /sam3/text_prompt, /sam3/text_prompt_batch and /sam3/visual_prompt, answered by the active model."""
+    router = APIRouter()
+
+    @router.post("/sam3/text_prompt", response_model=PromptResponse)
     def text_prompt(body: TextPromptRequest) -> PromptResponse:
         return answer(state, images, body, [body.text_prompt], "sam3_text")[0]
 
-    @app.post("/sam3/text_prompt_batch", response_model=BatchPromptResponse)
+    @router.post("/sam3/text_prompt_batch", response_model=BatchPromptResponse)
     def text_prompt_batch(body: TextPromptBatchRequest) -> BatchPromptResponse:
         results = answer(state, images, body, body.text_prompts, "sam3_text")
         return BatchPromptResponse(image_token=results[0].image_token, results=results)
 
-    @app.post("/sam3/visual_prompt", response_model=PromptResponse)
+    @router.post("/sam3/visual_prompt", response_model=PromptResponse)
     def visual_prompt(body: VisualPromptRequest) -> PromptResponse:
         boxes, labels = body.exemplars()
         prompt = {"text": body.text_prompt or body.prompt or VISUAL_TEXT, "boxes": boxes, "labels": labels}
         seeds = torch.tensor([box for box, label in zip(boxes, labels) if label == 1]).reshape(-1, 4)
         return answer(state, images, body, [prompt], "sam3_visual", seeds=seeds)[0]
 
-    return app
+    return router
 
 
 def answer(

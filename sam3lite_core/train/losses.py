@@ -105,29 +105,15 @@ class SetCriterion(nn.Module):
         targets = self._targets(target_boxes, num_boxes)
         layers = [outputs, *outputs.get("aux_outputs", [])]
         suffixes = ["", *(f"_{i}" for i in range(len(layers) - 1))]
-        matches = self._match_layers(self.matcher, layers, "", targets)
+        named_terms = self._one_to_one(layers, suffixes, targets)
+        if "pred_logits_o2m" in outputs:
+            named_terms += self._one_to_many(layers, suffixes, targets)
 
         losses: dict[str, torch.Tensor] = {}
         total = target_boxes.new_zeros((), dtype=torch.float32)
-        for out, suffix, match in zip(layers, suffixes, matches):
-            presence = out.get("presence_logit_dec")
-            terms = self._layer_terms(out["pred_logits"], out["pred_boxes"], presence, match, targets)
+        for suffix, terms in named_terms:
             total = total + self._weighted_sum(terms)
             losses.update({f"{key}{suffix}": value for key, value in terms.items()})
-
-        if "pred_logits_o2m" in outputs:
-            aux_o2m = [(out, suffix) for out, suffix in zip(layers[1:], suffixes[1:]) if "pred_logits_o2m" in out]
-            # The last layer's one-to-many queries use the one-to-many matcher, the aux layers' use Hungarian
-            # (upstream `use_o2m_matcher_on_o2m_aux: false`).
-            o2m_matches = [
-                self.o2m_matcher(outputs["pred_logits_o2m"], outputs["pred_boxes_o2m"], targets.boxes, num_boxes),
-                *self._match_layers(self.matcher, [out for out, _ in aux_o2m], "_o2m", targets),
-            ]
-            for (out, suffix), match in zip([(outputs, ""), *aux_o2m], o2m_matches):
-                terms = self._layer_terms(out["pred_logits_o2m"], out["pred_boxes_o2m"], None, match, targets)
-                terms = {key: value * self.config.o2m_weight for key, value in terms.items()}
-                total = total + self._weighted_sum(terms)
-                losses.update({f"{key}{suffix}_o2m": value for key, value in terms.items()})
 
         if denoising is not None:
             total = total + self._denoising(layers, suffixes, denoising, targets, losses)
@@ -153,6 +139,37 @@ class SetCriterion(nn.Module):
             num_boxes=num_boxes,
             normaliser=normaliser.clamp(min=1),
         )
+
+    def _one_to_one(
+        self, layers: list[Mapping[str, Any]], suffixes: list[str], targets: _Targets
+    ) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """(suffix, unweighted terms) of the one-to-one queries of every layer, Hungarian-matched."""
+        matches = self._match_layers(self.matcher, layers, "", targets)
+        named_terms = []
+        for out, suffix, match in zip(layers, suffixes, matches):
+            presence = out.get("presence_logit_dec")
+            terms = self._layer_terms(out["pred_logits"], out["pred_boxes"], presence, match, targets)
+            named_terms.append((suffix, terms))
+        return named_terms
+
+    def _one_to_many(
+        self, layers: list[Mapping[str, Any]], suffixes: list[str], targets: _Targets
+    ) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """(suffix + "_o2m", terms times o2m_weight) of the one-to-many queries of every layer that has them."""
+        outputs = layers[0]
+        aux_o2m = [(out, suffix) for out, suffix in zip(layers[1:], suffixes[1:]) if "pred_logits_o2m" in out]
+        # The last layer's one-to-many queries use the one-to-many matcher, the aux layers' use Hungarian
+        # (upstream `use_o2m_matcher_on_o2m_aux: false`).
+        o2m_matches = [
+            self.o2m_matcher(outputs["pred_logits_o2m"], outputs["pred_boxes_o2m"], targets.boxes, targets.num_boxes),
+            *self._match_layers(self.matcher, [out for out, _ in aux_o2m], "_o2m", targets),
+        ]
+        named_terms = []
+        for (out, suffix), match in zip([(outputs, ""), *aux_o2m], o2m_matches):
+            terms = self._layer_terms(out["pred_logits_o2m"], out["pred_boxes_o2m"], None, match, targets)
+            weighted = {key: value * self.config.o2m_weight for key, value in terms.items()}
+            named_terms.append((f"{suffix}_o2m", weighted))
+        return named_terms
 
     @staticmethod
     @torch.no_grad()

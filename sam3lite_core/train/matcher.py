@@ -1,11 +1,13 @@
-"""One-to-one (Hungarian) matching of predicted boxes to ground truth, per find query.
+"""Matching of predicted boxes to ground truth, per find query: the `Matcher` contract (inputs once, in float32)
+and its one-to-one (Hungarian) implementation; the one-to-many one is in o2m_matcher.py.
 
-Upstream's `BinaryHungarianMatcherV2` with the roboflow fine-tune settings (focal class cost, no `stable`
-rescaling, queries without ground truth skipped), solved with scipy's `linear_sum_assignment`.
+The Hungarian one is upstream's `BinaryHungarianMatcherV2` with the roboflow fine-tune settings (focal class
+cost, no `stable` rescaling, queries without ground truth skipped), solved with scipy's `linear_sum_assignment`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +36,52 @@ class Match(NamedTuple):
         return cls(none, none, none)
 
 
-class HungarianMatcher:
+class MatchInputs(NamedTuple):
+    """One batch of Q find queries to match, in float32 (shapes as in `Matcher.__call__`)."""
+
+    logits: torch.Tensor  # [Q, N] classification logits
+    boxes: torch.Tensor  # [Q, N, 4] predicted cxcywh
+    boxes_xyxy: torch.Tensor  # [Q, N, 4] the same as xyxy
+    targets: torch.Tensor  # [Q, Tmax, 4] ground-truth cxcywh, zero-padded
+    targets_xyxy: torch.Tensor  # [Q, Tmax, 4] the same as xyxy
+    num_boxes: torch.Tensor  # [Q] valid ground-truth rows per query
+
+
+class Matcher(ABC):
+    """Assigns predictions to ground-truth boxes, per find query; subclasses say how in `_assign`."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        target_boxes: torch.Tensor,
+        num_boxes: torch.Tensor,
+    ) -> Match:
+        """Match every query in one batched computation.
+
+        pred_logits   [Q, N, 1]     classification logits
+        pred_boxes    [Q, N, 4]     cxcywh in [0, 1]
+        target_boxes  [Q, Tmax, 4]  cxcywh in [0, 1]; rows >= num_boxes[q] are padding
+        num_boxes     [Q]           valid ground-truth rows per query
+        """
+        boxes, targets = pred_boxes.float(), target_boxes.float()
+        inputs = MatchInputs(
+            logits=pred_logits.squeeze(-1).float(),
+            boxes=boxes,
+            boxes_xyxy=box_ops.box_cxcywh_to_xyxy(boxes),
+            targets=targets,
+            targets_xyxy=box_ops.box_cxcywh_to_xyxy(targets),
+            num_boxes=num_boxes,
+        )
+        return self._assign(inputs)
+
+    @abstractmethod
+    def _assign(self, inputs: MatchInputs) -> Match:
+        """The matched pairs of one batch."""
+
+
+class HungarianMatcher(Matcher):
     """Minimum-cost one-to-one assignment between the N predictions and the T ground-truth boxes of each query.
 
     cost = cost_bbox * L1(cxcywh) + cost_class * focal(p) - cost_giou * GIoU(xyxy), where the focal class
@@ -57,33 +104,19 @@ class HungarianMatcher:
         self.alpha = alpha
         self.gamma = gamma
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        pred_logits: torch.Tensor,
-        pred_boxes: torch.Tensor,
-        target_boxes: torch.Tensor,
-        num_boxes: torch.Tensor,
-    ) -> Match:
-        """Match every query in one batched cost computation.
-
-        pred_logits   [Q, N, 1]     classification logits
-        pred_boxes    [Q, N, 4]     cxcywh in [0, 1]
-        target_boxes  [Q, Tmax, 4]  cxcywh in [0, 1]; rows >= num_boxes[q] are padding
-        num_boxes     [Q]           valid ground-truth rows per query
-        """
-        device = pred_logits.device
+    def _assign(self, inputs: MatchInputs) -> Match:
+        """Solves each query with ground truth on its own cost matrix [N, T]."""
+        num_boxes = inputs.num_boxes
+        device = inputs.logits.device
         queries = torch.nonzero(num_boxes > 0).squeeze(1)
         if queries.numel() == 0:
             return Match.empty(device)
-        logits = pred_logits[queries].squeeze(-1).float()  # [K, N]
-        boxes = pred_boxes[queries].float()  # [K, N, 4]
-        targets = target_boxes[queries].float()  # [K, Tmax, 4]
+        logits = inputs.logits[queries]  # [K, N]
+        boxes = inputs.boxes[queries]  # [K, N, 4]
+        targets = inputs.targets[queries]  # [K, Tmax, 4]
 
         cost_bbox = torch.cdist(boxes, targets, p=1)  # [K, N, Tmax]
-        cost_giou = -_batched_generalized_box_iou(
-            box_ops.box_cxcywh_to_xyxy(boxes), box_ops.box_cxcywh_to_xyxy(targets)
-        )
+        cost_giou = -_batched_generalized_box_iou(inputs.boxes_xyxy[queries], inputs.targets_xyxy[queries])
         prob = logits.sigmoid()
         # logsigmoid of the raw logit rather than log(p): finite for saturated logits.
         cost_class = -self.alpha * (1 - prob) ** self.gamma * F.logsigmoid(logits) + (

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 
 from sam3lite_core import box_ops
-from sam3lite_core.train.matcher import Match
+from sam3lite_core.train.matcher import Match, Matcher, MatchInputs
 
 # Pairwise IoU over a leading batch dimension, independent of the torchvision version.
 _batched_box_iou = torch.vmap(box_ops.box_iou)
 
 
-class OneToManyMatcher:
+class OneToManyMatcher(Matcher):
     """Pair every prediction whose quality score is high enough with a ground-truth box.
 
     score = alpha * p + (1 - alpha) * IoU, with p = sigmoid(logit). A (prediction, box) pair matches when its
@@ -29,24 +29,16 @@ class OneToManyMatcher:
         self.threshold = threshold
         self.topk = topk
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        pred_logits: torch.Tensor,
-        pred_boxes: torch.Tensor,
-        target_boxes: torch.Tensor,
-        num_boxes: torch.Tensor,
-    ) -> Match:
-        """Same inputs and output as `HungarianMatcher.__call__`; pairs come in (query, pred, target) order."""
-        num_preds, num_targets = pred_boxes.shape[1], target_boxes.shape[1]
+    def _assign(self, inputs: MatchInputs) -> Match:
+        """Pairs come in (query, pred, target) order."""
+        num_preds, num_targets = inputs.boxes.shape[1], inputs.targets.shape[1]
         if num_targets == 0:
-            return Match.empty(pred_logits.device)
-        prob = pred_logits.float().sigmoid().squeeze(-1)  # [Q, N]
-        iou = _batched_box_iou(
-            box_ops.box_cxcywh_to_xyxy(pred_boxes.float()), box_ops.box_cxcywh_to_xyxy(target_boxes.float())
-        )  # [Q, N, Tmax]
+            return Match.empty(inputs.logits.device)
+        prob = inputs.logits.sigmoid()  # [Q, N]
+        iou = _batched_box_iou(inputs.boxes_xyxy, inputs.targets_xyxy)  # [Q, N, Tmax]
         score = self.alpha * prob.unsqueeze(-1) + (1 - self.alpha) * iou
         cutoff = torch.quantile(score, 1 - self.topk / num_preds, dim=1, keepdim=True)  # [Q, 1, Tmax]
-        valid = torch.arange(num_targets, device=score.device) < num_boxes.to(score.device)[:, None]  # [Q, Tmax]
+        num_boxes = inputs.num_boxes.to(score.device)
+        valid = torch.arange(num_targets, device=score.device) < num_boxes[:, None]  # [Q, Tmax]
         matches = (score > cutoff) & (score > self.threshold) & valid.unsqueeze(1)
         return Match(*torch.nonzero(matches, as_tuple=True))

@@ -75,31 +75,13 @@ def param_groups(model: nn.Module, config: OptimSettings = OptimSettings()) -> l
         "vision": config.lr_vision,
         "language": config.lr_language,
     }
-
-    def family(name: str) -> str:
-        if name.startswith(VISION_PREFIX):
-            return "vision"
-        if name.startswith(LANGUAGE_PREFIX):
-            return "language"
-        return "transformer"
-
-    def layer_key(name: str) -> tuple[str, float]:
-        """The layer-decay group of a name and its lr multiplier."""
-        if not name.startswith(TRUNK_PREFIX):
-            return "rest", 1.0
-        if "pos_embed" in name:  # upstream's override pattern '*pos_embed*'
-            return "pos_embed", 1.0
-        layer_id = trunk_layer_id(name, num_layers)
-        if layer_id == num_layers + 1:  # same multiplier (x1) and group as the non-trunk parameters
-            return "rest", 1.0
-        return f"layer{layer_id}", config.layer_decay ** (num_layers + 1 - layer_id)
-
+    layer = {name: _layer_key(name, num_layers, config.layer_decay) for name, _ in named}
     # Upstream orders the lr groups by family, then by the first appearance of each layer in the sorted
     # names; weight decay splits each of them into (decay, no decay).
     order: dict[tuple[str, str], float] = {}
     for fam in family_lr:
-        for name in sorted(name for name, _ in named if family(name) == fam):
-            key, multiplier = layer_key(name)
+        for name in sorted(name for name, _ in named if _family(name) == fam):
+            key, multiplier = layer[name]
             order.setdefault((fam, key), multiplier)
     groups: dict[tuple[str, str, bool], dict] = {}
     for (fam, key), multiplier in order.items():
@@ -111,8 +93,29 @@ def param_groups(model: nn.Module, config: OptimSettings = OptimSettings()) -> l
                 "name": f"{fam}/{key}/{'decay' if decay else 'no_decay'}",
             }
     for name, param in named:
-        groups[family(name), layer_key(name)[0], name not in no_decay]["params"].append(param)
+        groups[_family(name), layer[name][0], name not in no_decay]["params"].append(param)
     return [group for group in groups.values() if group["params"]]
+
+
+def _family(name: str) -> str:
+    """The learning-rate family of a parameter name: "vision", "language" or "transformer" (everything else)."""
+    if name.startswith(VISION_PREFIX):
+        return "vision"
+    if name.startswith(LANGUAGE_PREFIX):
+        return "language"
+    return "transformer"
+
+
+def _layer_key(name: str, num_layers: int, layer_decay: float) -> tuple[str, float]:
+    """The layer-decay group of a parameter name and its lr multiplier, the trunk having `num_layers` blocks."""
+    if not name.startswith(TRUNK_PREFIX):
+        return "rest", 1.0
+    if "pos_embed" in name:  # upstream's override pattern '*pos_embed*'
+        return "pos_embed", 1.0
+    layer_id = trunk_layer_id(name, num_layers)
+    if layer_id == num_layers + 1:  # same multiplier (x1) and group as the non-trunk parameters
+        return "rest", 1.0
+    return f"layer{layer_id}", layer_decay ** (num_layers + 1 - layer_id)
 
 
 def _no_weight_decay_names(model: nn.Module) -> set[str]:
