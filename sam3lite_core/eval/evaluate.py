@@ -69,7 +69,7 @@ def evaluate(
     rank, world = rank_and_world()
     loader = DataLoader(
         Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size, collate_fn=collate,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        num_workers=num_workers, pin_memory=next(model.parameters()).device.type == "cuda",
     )
     detections = _detect(model, loader, amp, score_thresh, max_dets, on_progress)
     merged = merge_detections(all_gather_objects(detections), max_dets)
