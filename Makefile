@@ -12,7 +12,7 @@ EXTRAS ?= pipeline,serve,dev,vendor,bench
 DEMO_DIR ?= .sam3lite-demo
 PYTEST_ARGS ?=
 
-.PHONY: setup lint format test test-all demo ui parity bench clean
+.PHONY: setup lint format test test-all demo ui parity bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,8 @@ bench: setup
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build dist *.egg-info
+
+# On a CUDA host, with no network: the CUDA tests, torchrun on the GPUs with fp16 and a bf16 resume, the sam3
+# training step against the vendor's (scripts/gpu_check.sh; at most 8 minutes). PYTHON=... picks the interpreter.
+gpu-check:
+	bash scripts/gpu_check.sh

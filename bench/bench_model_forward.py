@@ -1,4 +1,4 @@
-"""Full-size eval forward on CPU: ours against the vendor's, same weights, image, prompts and threads.
+"""Full-size eval forward: ours against the vendor's, same weights, image, prompts, threads and device.
 
 One deterministic 1008 px RGB image and 4 text prompts, so 4 find queries on one image. Each side runs in its
 own subprocess, one after the other, so each peak RSS is its own and only one full-size model is alive at a time:
@@ -29,6 +29,8 @@ Run:  .venv/bin/python bench/bench_model_forward.py                    (vendor f
       .venv/bin/python bench/bench_model_forward.py --preset small     (seconds; checks the plumbing)
       .venv/bin/python bench/bench_model_forward.py --repeat 3         (shared machine: 3 rounds of children,
                                                                         each side's fastest cold forward counts)
+      .venv/bin/python bench/bench_model_forward.py --device cuda      (both sides on the GPU; the peaks are then
+                                                                        CUDA memory allocated)
 The RESULT line is ours in bf16 against the vendor in fp32 (the configuration recommended for CPU inference);
 the fp32 comparison is printed on the line before it. Needs the `vendor` extra.
 """
@@ -53,6 +55,7 @@ import vendor_detector  # noqa: E402
 import vendor_harness  # noqa: E402
 
 from sam3lite_core.batch import Batch  # noqa: E402
+from sam3lite_core.distributed import pick_device  # noqa: E402
 from sam3lite_core.model.config import PRESETS, resolve_config  # noqa: E402
 from sam3lite_core.precision import PRECISIONS, amp_of_precision, autocast  # noqa: E402
 from sam3lite_core.model.sam3lite import build_model  # noqa: E402
@@ -137,10 +140,16 @@ def timed_forward(model: torch.nn.Module, call) -> dict:
     timer = StageTimer(model)
     setup_rss = rss_gib()
     reset = reset_peak_rss()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start, start_cpu = time.perf_counter(), time.process_time()
     out = call()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
+        "cuda_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "seconds": seconds,
         "cpu_seconds": time.process_time() - start_cpu,
         "stages": timer.breakdown(seconds),
@@ -151,13 +160,14 @@ def timed_forward(model: torch.nn.Module, call) -> dict:
 
 
 def vendor_batch(images: torch.Tensor, prompts: list[str]):
-    """Upstream's BatchedDatapoint for one image and one text-only find query per prompt."""
+    """Upstream's BatchedDatapoint for one image and one text-only find query per prompt, on the images' device."""
     data_misc = importlib.import_module("sam3.model.data_misc")
-    q = len(prompts)
+    q, on = len(prompts), {"device": images.device}
     find = data_misc.FindStage(
-        img_ids=torch.zeros(q, dtype=torch.long), text_ids=torch.arange(q), input_boxes=torch.zeros(0, q, 4),
-        input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool), input_boxes_label=torch.zeros(0, q, dtype=torch.long),
-        input_points=torch.zeros(q, 0, 257), input_points_mask=torch.zeros(q, 0, dtype=torch.bool),
+        img_ids=torch.zeros(q, dtype=torch.long, **on), text_ids=torch.arange(q, **on),
+        input_boxes=torch.zeros(0, q, 4, **on), input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
+        input_boxes_label=torch.zeros(0, q, dtype=torch.long, **on), input_points=torch.zeros(q, 0, 257, **on),
+        input_points_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
     )
     return data_misc.BatchedDatapoint(
         img_batch=images, find_text_batch=prompts, find_inputs=[find], find_targets=[None], find_metadatas=[None]
@@ -178,9 +188,9 @@ def run_vendor(args: argparse.Namespace) -> dict:
         model.backbone.language_backbone.encoder.text_projection.normal_(std=0.01)
         vendor_detector.randomize_(model.transformer.decoder.bbox_embed, seed=SEED)
     torch.save(model.state_dict(), args.weights)
-    model.eval()
+    model.to(args.device).eval()
     pixels, _ = preprocess_image(bench_image(cfg.vision.image_size), cfg.vision.image_size)
-    batch = vendor_batch(pixels[None], PROMPTS[: args.prompts])
+    batch = vendor_batch(pixels[None].to(args.device), PROMPTS[: args.prompts])
     with torch.inference_mode():
         return timed_forward(model, lambda: model(batch)[0])
 
@@ -189,11 +199,12 @@ def run_ours(args: argparse.Namespace) -> dict:
     cfg = resolve_config(args.preset).with_resolution(args.resolution)
     model = build_model(cfg, device="meta")
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True), strict=True, assign=True)
-    model.eval()
+    model.to(args.device).eval()
     pixels, _ = preprocess_image(bench_image(cfg.vision.image_size), cfg.vision.image_size)
     prompts = PROMPTS[: args.prompts]
     batch = Batch(pixels[None], torch.zeros(len(prompts), dtype=torch.long), prompts, torch.arange(len(prompts)))
-    with torch.inference_mode(), autocast("cpu", amp_of_precision(args.precision)):
+    batch = batch.to(args.device)
+    with torch.inference_mode(), autocast(args.device, amp_of_precision(args.precision)):
         return timed_forward(model, lambda: model(batch))
 
 
@@ -207,7 +218,7 @@ def run_child(side: str, args: argparse.Namespace, weights: Path, out: Path, pre
     cmd = [
         sys.executable, __file__, "--child", side, "--weights", str(weights), "--out", str(out),
         "--preset", args.preset, "--resolution", str(args.resolution), "--threads", str(args.threads),
-        "--prompts", str(args.prompts), "--precision", precision,
+        "--prompts", str(args.prompts), "--precision", precision, "--device", args.device,
     ]
     subprocess.run(cmd, check=True)
     return torch.load(out, weights_only=True)
@@ -223,6 +234,7 @@ def describe(name: str, r: dict) -> str:
         f"{name:>12}: {r['seconds']:7.2f} s ({r['cpu_seconds']:.1f} CPU-s)   "
         f"peak RSS {r['peak_rss_gib']:.2f} GiB (forward alone {forward_rss} GiB)\n"
         f"{'':>14}stages (s): {json.dumps(r['stages'])}"
+        + (f"\n{'':>14}CUDA peak allocated {r['cuda_peak_gib']:.2f} GiB" if r.get("cuda_peak_gib") else "")
     )
 
 
@@ -296,12 +308,14 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of children; each side reports its fastest (shared machines)"
     )
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="both sides run on it")
     parser.add_argument("--child", choices=["vendor", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.resolution is None:
         args.resolution = resolve_config(args.preset).vision.image_size
+    args.device = str(pick_device(args.device))
     if args.child:
         child_main(args)
     else:

@@ -8,6 +8,7 @@ ratio = single-call seconds / batched seconds (speed-up; goal >= 5).
 
 Run: .venv/bin/python bench/bench_predict.py [--preset small] [--threads 1]
      .venv/bin/python bench/bench_predict.py --preset sam3 --threads 2 --rounds 1 --singles 2
+     .venv/bin/python bench/bench_predict.py --preset sam3 --device cuda
 With `--singles N` only N of the K single-prompt calls are timed and the sum scaled by K / N: every single call
 does the same work (one backbone, one prompt), and 20 full-size CPU forwards would take a quarter of an hour.
 """
@@ -23,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from sam3lite_core.distributed import pick_device
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.inference import predict
 from sam3lite_core.predictor import Predictor
@@ -34,6 +36,8 @@ PROMPTS = [f"{color} {shape}" for color in ("red", "blue", "green", "yellow", "w
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -44,10 +48,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     parser.add_argument("--singles", type=int, default=None, metavar="N",
                         help="time N single-prompt calls and scale to K (for the sam3 preset on a CPU)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="both sides run on it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    predictor = Predictor(build_model(args.preset))
+    device = pick_device(args.device)
+    predictor = Predictor(build_model(args.preset, device=device))
     size = predictor.model.cfg.vision.image_size
     image = np.random.default_rng(0).integers(0, 255, size=(size, size, 3), dtype=np.uint8)
 
@@ -68,7 +74,8 @@ def main() -> None:
         ours.append(timed(batched))
         base.append(timed(singles) * scale)
     o, b = statistics.median(ours), statistics.median(base)
-    print(f"{args.preset} preset, {size} px, K={len(PROMPTS)} prompts, {args.threads} threads, median of {args.rounds}")
+    print(f"{args.preset} preset, {size} px, K={len(PROMPTS)} prompts, {device}, {args.threads} threads, "
+          f"median of {args.rounds}")
     measured = f" ({len(timed_singles)} timed, scaled x{scale:g})" if scale != 1 else ""
     print(f"  batched (chunks of 16): {o:.3f} s   single calls{measured}: {b:.3f} s   speed-up {b / o:.2f}x")
     print("RESULT " + json.dumps({"bench": f"predict_k{len(PROMPTS)}_{args.preset}", "ours": round(o, 4),

@@ -33,7 +33,7 @@ import yaml
 from sam3lite_core.data.synth import write_synth
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.events import METRIC_TAG, RESULT_TAG
-from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
+from sam3lite_core.train.recipes import cpu_from_scratch, processes_for_host
 
 GOAL_AP50 = 0.5
 
@@ -82,8 +82,9 @@ def run_budget(dataset: Path, runs: Path, minutes: float, processes: int, overri
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
-    parser.add_argument("--processes", type=int, default=CPU_FROM_SCRATCH_PROCESSES,
-                        help="training processes (data-parallel; 1 = no torchrun)")
+    parser.add_argument("--processes", type=int, default=processes_for_host(),
+                        help="training processes (data-parallel; 1 = no torchrun); default one per GPU, else the "
+                        "CPU recipe's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp folder)")
     args = parser.parse_args()

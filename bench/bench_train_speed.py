@@ -1,17 +1,18 @@
 """Training throughput: our training step against the vendor's, same model dims, same batch, same threads.
 
     .venv/bin/python bench/bench_train_speed.py [--preset small] [--resolution R] [--batch-size B]
-        [--steps N] [--warmup W]
+        [--steps N] [--warmup W] [--device auto|cpu|cuda]
 
 One batch of B synthetic images (`sam3lite synth`, 4 classes, so 4*B find queries) at the preset's resolution
 (336 px for small), fed again and again, so only the step is timed:
   - ours: `sam3lite_core.train.loop.train_step` on the real training components (forward, SetCriterion with
-    o2m and aux layers, backward, clip 0.1, AdamW over upstream's param groups, EMA update), in fp32 (CPU) or
-    bf16 autocast (CUDA); with and without activation checkpointing;
+    o2m and aux layers, backward, clip 0.1, AdamW over upstream's param groups, EMA update), at `amp: auto`
+    (fp32 on a CPU; bf16 autocast on a GPU with native bf16, else fp16); with and without activation
+    checkpointing;
   - vendor: upstream `Sam3Image` built at the same dims (tests/vendor_detector.py, CPU patches applied), in
     training mode with its Hungarian matcher, `Sam3LossWrapper` (IABCEMdetr + Boxes, o2m 2.0, the presence
     focal loss in torch instead of its CUDA-only Triton kernel), backward, clip 0.1 and AdamW; activation
-    checkpointing as upstream builds it (on).
+    checkpointing as upstream builds it (on); the same autocast as ours; every input on the same device.
 Both sides run W warm-up steps, then N timed steps; images/s = B / median step time. The peak RSS (CPU; reset
 between sides) or peak CUDA memory is printed per side, model build included. ratio = ours (default settings) /
 vendor. Needs the `vendor` extra.
@@ -42,7 +43,8 @@ from sam3lite_core.batch import Batch  # noqa: E402
 from sam3lite_core.data.synth import write_synth  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
 from sam3lite_core.train.config import TrainConfig  # noqa: E402
-from sam3lite_core.distributed import init_distributed  # noqa: E402
+from sam3lite_core.distributed import init_distributed, pick_device  # noqa: E402
+from sam3lite_core.precision import autocast, resolve_amp  # noqa: E402
 from sam3lite_core.train.loop import train_step  # noqa: E402
 
 
@@ -95,32 +97,32 @@ def vendor_step(model_cfg, batch: Batch, device: torch.device):
             alpha=0.3, threshold=0.4, topk=4),
         o2m_weight=2.0, use_o2m_matcher_on_o2m_aux=False, scale_by_find_batch_size=True,
     )
-    q = batch.num_queries
-    valid = torch.arange(batch.target_boxes.shape[1]) < batch.num_boxes[:, None]
-    object_ids = torch.where(valid, torch.arange(valid.numel()).view_as(valid), -1)
+    batch = batch.to(device)
+    q, on = batch.num_queries, {"device": device}
+    valid = torch.arange(batch.target_boxes.shape[1], **on) < batch.num_boxes[:, None]
+    object_ids = torch.where(valid, torch.arange(valid.numel(), **on).view_as(valid), -1)
     target = data_misc.BatchedFindTarget(
         num_boxes=batch.num_boxes, boxes=batch.target_boxes[valid], boxes_padded=batch.target_boxes,
         repeated_boxes=None, segments=None, semantic_segments=None, is_valid_segment=None,
-        is_exhaustive=torch.ones(q, dtype=torch.bool), object_ids=object_ids[valid], object_ids_padded=object_ids,
+        is_exhaustive=torch.ones(q, dtype=torch.bool, **on), object_ids=object_ids[valid],
+        object_ids_padded=object_ids,
     )
     find = data_misc.FindStage(
-        img_ids=batch.img_ids, text_ids=batch.prompt_ids, input_boxes=torch.zeros(0, q, 4),
-        input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool), input_boxes_label=torch.zeros(0, q, dtype=torch.long),
-        input_points=torch.zeros(q, 0, 257), input_points_mask=torch.zeros(q, 0, dtype=torch.bool),
+        img_ids=batch.img_ids, text_ids=batch.prompt_ids, input_boxes=torch.zeros(0, q, 4, **on),
+        input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
+        input_boxes_label=torch.zeros(0, q, dtype=torch.long, **on),
+        input_points=torch.zeros(q, 0, 257, **on), input_points_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
     )
     datapoint = data_misc.BatchedDatapoint(
-        img_batch=batch.images.to(device), find_text_batch=batch.prompts, find_inputs=[find],
+        img_batch=batch.images, find_text_batch=batch.prompts, find_inputs=[find],
         find_targets=[target], find_metadatas=[None],
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    amp = resolve_amp("auto", device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        if amp is not None:
-            with amp:
-                out = model(datapoint)
-        else:
+        with autocast(device, amp):
             out = model(datapoint)
         losses = wrapper(out, [model.back_convert(t) for t in datapoint.find_targets])
         losses["core_loss"].backward()
@@ -152,8 +154,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="both sides run on it")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     results = {}
     with tempfile.TemporaryDirectory(prefix="sam3lite-speed-") as tmp:
@@ -161,7 +164,7 @@ def main() -> None:
         write_synth(dataset, images=max(2 * args.batch_size, 10), seed=0)
         base = {"dataset": str(dataset), "runs_root": f"{tmp}/runs", "preset": args.preset,
                 "resolution": args.resolution, "train_batch_size": args.batch_size, "num_train_workers": 0,
-                "max_epochs": 1000, "lr_scale": 1.0, "hflip_prob": 0.0}
+                "max_epochs": 1000, "lr_scale": 1.0, "hflip_prob": 0.0, "device": args.device}
         for name, extra in (("ours", {}), ("ours_act_ckpt", {"activation_checkpointing": True})):
             reset_peak_memory(device)
             step, batch, components = ours(TrainConfig.parse(base | extra))

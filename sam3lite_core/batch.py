@@ -6,6 +6,7 @@ A batch holds B images and Q find queries. A find query is one (image, prompt) p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -52,9 +53,24 @@ class Batch:
         return [self.prompts[i] for i in self.prompt_ids.tolist()]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        moved = {
-            f.name: value.to(device, non_blocking=non_blocking)
+        return self._map_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def select_queries(self, queries: slice) -> "Batch":
+        """The same images and prompt strings with only the find queries `queries` (and their targets)."""
+        per_query = {
+            f.name: value[queries]
             for f in fields(self)
-            if isinstance(value := getattr(self, f.name), torch.Tensor)
+            if f.name not in ("images", "prompts") and (value := getattr(self, f.name)) is not None
         }
-        return replace(self, **moved)
+        return replace(self, **per_query)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, so that `to(cuda, non_blocking=True)` overlaps the copy with compute.
+        DataLoader(pin_memory=True) calls this on every batch of a custom type that has it, and silently leaves
+        a type without it in pageable memory."""
+        return self._map_tensors(torch.Tensor.pin_memory)
+
+    def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        return replace(self, **{
+            f.name: fn(value) for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)
+        })

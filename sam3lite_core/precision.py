@@ -22,6 +22,18 @@ PRECISIONS = {"fp32": "off", "bf16": "bf16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """The config's `amp` on `device`: "auto" is off on a CPU, bf16 on a GPU that computes it natively (compute
+    capability 8.0 and later: A100, L4, H100, RTX 30xx/40xx), else fp16 with a GradScaler (V100, T4, RTX 20xx).
+    `torch.cuda.is_bf16_supported()` is not asked: it counts emulated bf16, which those older GPUs run slowly."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+
+
 def amp_of_precision(precision: str) -> str:
     """A `--precision` value ("fp32", "bf16") -> its amp mode; ValueError naming the allowed values otherwise."""
     if precision not in PRECISIONS:

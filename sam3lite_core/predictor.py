@@ -35,6 +35,9 @@ TILED_EXEMPLARS_UNSUPPORTED = (
     "tiled inference takes text prompts only: exemplar boxes name a region of the whole image, not of each window"
 )
 ImageInput = ImageLike | str | os.PathLike
+# Tiled windows encoded per trunk forward: the trunk's activations grow with the batch, the windows do not need
+# to share one.
+WINDOWS_PER_ENCODE = 8
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,21 @@ class Predictor:
         return torch.cat([b for b, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
 
     def _encode(self, pixels: np.ndarray, windows: torch.Tensor) -> ImageFeatures:
-        """uint8 [H, W, 3] pixels, windows long [T, 4] (x0, y0, x1, y1 px) -> their ImageFeatures, in one batch."""
+        """uint8 [H, W, 3] pixels, windows long [T, 4] (x0, y0, x1, y1 px) -> their ImageFeatures, encoded
+        WINDOWS_PER_ENCODE at a time (a trunk batch of 256 windows at 1008 px would want tens of GB)."""
         size = self.model.cfg.vision.image_size
-        crops = [preprocess_image(pixels[y0:y1, x0:x1], size)[0] for x0, y0, x1, y1 in windows.tolist()]
-        return encode_images(self.model, torch.stack(crops), precision=self.precision)
+        parts = []
+        for start in range(0, len(windows), WINDOWS_PER_ENCODE):
+            crops = [
+                preprocess_image(pixels[y0:y1, x0:x1], size)[0]
+                for x0, y0, x1, y1 in windows[start : start + WINDOWS_PER_ENCODE].tolist()
+            ]
+            parts.append(encode_images(self.model, torch.stack(crops), precision=self.precision))
+        if len(parts) == 1:
+            return parts[0]
+        features = torch.cat([part.features for part in parts])
+        # pos is one table broadcast over the batch (see ImageFeatures): widen the view, never copy it.
+        return ImageFeatures(features, parts[0].pos[:1].expand(len(features), -1, -1, -1))
 
     @staticmethod
     def _select(

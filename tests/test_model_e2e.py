@@ -35,18 +35,18 @@ def _inputs(size: int, with_boxes: bool) -> tuple[torch.Tensor, list[str], torch
     return images, ["a cat", "dog"], img_ids, text_ids, (boxes, labels, padding)
 
 
-def _vendor_batch(images, prompts, img_ids, text_ids, geometry):
+def _vendor_batch(images, prompts, img_ids, text_ids, geometry, device="cpu"):
     """The same data as upstream's BatchedDatapoint / FindStage (boxes sequence-first there)."""
     data_misc = importlib.import_module("sam3.model.data_misc")
     q = len(img_ids)
     boxes, labels, padding = geometry
     if boxes is None:
-        boxes, labels = torch.zeros(q, 0, 4), torch.zeros(q, 0, dtype=torch.long)
-        padding = torch.zeros(q, 0, dtype=torch.bool)
+        boxes, labels = torch.zeros(q, 0, 4, device=device), torch.zeros(q, 0, dtype=torch.long, device=device)
+        padding = torch.zeros(q, 0, dtype=torch.bool, device=device)
     find = data_misc.FindStage(
         img_ids=img_ids, text_ids=text_ids, input_boxes=boxes.transpose(0, 1), input_boxes_mask=padding,
-        input_boxes_label=labels.transpose(0, 1), input_points=torch.zeros(q, 0, 257),
-        input_points_mask=torch.zeros(q, 0, dtype=torch.bool),
+        input_boxes_label=labels.transpose(0, 1), input_points=torch.zeros(q, 0, 257, device=device),
+        input_points_mask=torch.zeros(q, 0, dtype=torch.bool, device=device),
     )
     return data_misc.BatchedDatapoint(
         img_batch=images, find_text_batch=prompts, find_inputs=[find], find_targets=[None], find_metadatas=[None]
@@ -65,6 +65,27 @@ def test_small_model_matches_upstream_end_to_end(vendor, with_boxes):
     assert out["pred_logits"].shape == (3, ours.cfg.transformer.num_queries, 1)
     for key in KEYS:
         assert vd.max_abs_diff(out[key], ref[key]) <= 1e-5, key
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_small_model_matches_upstream_on_cuda(vendor, amp):
+    """On the GPU both sides run where upstream's CUDA-only autocast guard (decoder FFN in fp32) is live."""
+    from sam3lite_core.precision import autocast
+
+    ours = build_model("small").eval()
+    theirs = vd.randomize_(vd.image_model(ours.cfg), seed=0)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours, theirs = ours.cuda(), theirs.cuda().eval()
+    images, prompts, img_ids, text_ids, geometry = _inputs(ours.cfg.vision.image_size, False)
+    images, img_ids, text_ids = images.cuda(), img_ids.cuda(), text_ids.cuda()
+    with torch.no_grad(), autocast("cuda", amp):
+        ref = theirs(_vendor_batch(images, prompts, img_ids, text_ids, geometry, device="cuda"))[0]
+        out = ours(Batch(images, img_ids, prompts, text_ids))
+    tolerance = 1e-4 if amp == "off" else 5e-2
+    for key in KEYS:
+        assert vd.max_abs_diff(out[key].float(), ref[key].float()) <= tolerance, key
 
 
 def test_sam3_state_dict_equals_reference_on_meta():

@@ -47,6 +47,8 @@ def test_two_gloo_ranks_match_one_process_on_the_union_batch(tmp_path):
     single = torch.load(tmp_path / "single.pt", weights_only=True)
 
     assert ddp["eval"] == single["eval"]  # validation split across ranks, detections gathered
+    # Every all_reduce of ours (loss normaliser, the skip decision) got its tensor on the group's device.
+    assert ddp["collectives"]["calls"] >= 2 * 3 and not ddp["collectives"]["wrong"], ddp["collectives"]
     diffs = []
     for step, (ours, reference) in enumerate(zip(ddp["steps"], single["steps"], strict=True)):
         names = set(ours["grads"]) | set(reference["grads"])

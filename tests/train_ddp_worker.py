@@ -6,6 +6,9 @@ feeds a fixed sampler without augmentation (step s: images [s*W*B, (s+1)*W*B) in
 block of B), runs `train_step` for a few steps and saves, from rank 0, every parameter's gradient after each
 step and the COCO stats of `evaluate` on the initial weights.
 
+Under torchrun every tensor our code hands to `torch.distributed.all_reduce` is checked to live on the
+group's device (`distributed.collective_device`), and the count of checked calls is saved with the gradients.
+
 The single process multiplies its loss by 1/sqrt(W), the factor derived in test_train_ddp.py. The learning rate
 is 0: AdamW normalises every coordinate, so a gradient entry that is ~0 up to float32 rounding (1e-7) moves its
 weight by +-lr depending on the rounding, and two exact-in-math runs part after one real step whatever the
@@ -28,6 +31,7 @@ from train_helpers import tiny_config  # noqa: E402
 
 from sam3lite_core.data.collator import collate  # noqa: E402
 from sam3lite_core.data.dataset import CocoQueryDataset  # noqa: E402
+import sam3lite_core.distributed as distributed  # noqa: E402
 from sam3lite_core.distributed import init_distributed, shutdown  # noqa: E402
 from sam3lite_core.eval.evaluate import evaluate  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
@@ -47,6 +51,21 @@ class ScaledLoss(nn.Module):
         return losses
 
 
+def guard_collectives() -> dict:
+    """Wrap torch.distributed.all_reduce so that every call records whether its tensor is on the group's device."""
+    seen: dict = {"calls": 0, "wrong": []}
+    original = torch.distributed.all_reduce
+
+    def checked(tensor, *args, **kwargs):
+        seen["calls"] += 1
+        if tensor.device != distributed.collective_device():
+            seen["wrong"].append(f"{tuple(tensor.shape)} on {tensor.device}")
+        return original(tensor, *args, **kwargs)
+
+    torch.distributed.all_reduce = checked
+    return seen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", required=True)
@@ -58,6 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     info = init_distributed("cpu")
+    collectives = guard_collectives()
     world = args.world or info.world_size
     name = "ddp" if info.distributed else "single"
     cfg = tiny_config(Path(args.dataset), Path(args.runs), run_name=name, grad_clip=0.0, ema=False, lr_scale=0.0,
@@ -75,6 +95,7 @@ def main() -> None:
         result = train_step(c, [collate([data[i] for i in mine])], step + 5)  # past the lr warm-up's zero
         grads = {n: p.grad.clone() for n, p in c.model.named_parameters() if p.grad is not None}
         out["steps"].append({"grads": grads, "loss": result.loss})
+    out["collectives"] = collectives
     if info.is_main:
         torch.save(out, Path(args.out) / f"{name}.pt")
     shutdown(info)

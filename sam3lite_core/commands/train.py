@@ -15,7 +15,7 @@ import os
 import sys
 
 from sam3lite_core.commands.errors import explain_errors
-from sam3lite_core.distributed import LaunchSettings, launch_command
+from sam3lite_core.distributed import LaunchSettings, launch_command, pick_device
 from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sam3lite train: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        return _relaunch(args)
+        return explain_errors("sam3lite train", lambda: _relaunch(cfg, args))
     from sam3lite_core.train.events import ConsolePrinter
     from sam3lite_core.train.loop import train
     from sam3lite_core.train.outcome import exit_code
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-def _relaunch(args: argparse.Namespace) -> int:
+def _relaunch(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    pick_device(cfg.device, args.nproc_per_node - 1)  # more processes than GPUs: refused before any starts
     target = ["-m", "sam3lite_core.train"]
     for flag, value in (("--config", args.config), ("--dataset", args.dataset)):
         if value:

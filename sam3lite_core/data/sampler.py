@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
+
+from sam3lite_core.distributed import rank_and_world
 
 Strategy = Literal["none", "inv_sqrt", "inv_pow", "clipped_inv", "effective_num", "focal", "log_inv"]
 _EPS = 1e-8
@@ -84,12 +85,6 @@ def image_weights(
     return weights, summary
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class BalancedSampler(torch.utils.data.Sampler[int]):
     """Dataset indices for one rank and epoch: a draw seeded by (seed + epoch), strided by rank, so the ranks
     see disjoint parts of one global draw. Call `set_epoch(epoch)` before each epoch.
@@ -110,7 +105,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         world_size: int | None = None,
     ) -> None:
         self.settings = settings or BalanceSettings()
-        default_rank, default_world = _dist_rank_world()
+        default_rank, default_world = rank_and_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
         self.num_images = len(image_categories)

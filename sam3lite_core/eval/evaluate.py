@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from sam3lite_core.batch import Batch
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
 from sam3lite_core.distributed import all_gather_objects, rank_and_world, unwrap
@@ -27,6 +28,11 @@ from sam3lite_core.precision import autocast
 from sam3lite_core.weights import load_model
 
 ProgressFn = Callable[[int, int], None]  # (batches done, batches in all) on this rank
+# Find queries grounded per forward. One query's box bias alone is heads x (1 + queries) x HW floats (33 MB in
+# fp32 at 1008 px), so grounding every class of a batch at once (80 classes x 8 images) would want about 21 GB a
+# decoder layer; in chunks the peak is bounded, and the images are still encoded once.
+QUERIES_PER_FORWARD = 64
+_EVAL_OUTPUTS = ("pred_logits", "pred_boxes", "presence_logit_dec")
 
 
 # no_grad rather than inference_mode: text features cached by a frozen encoder here are reused in training.
@@ -63,7 +69,7 @@ def evaluate(
     rank, world = rank_and_world()
     loader = DataLoader(
         Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size, collate_fn=collate,
-        num_workers=num_workers,
+        num_workers=num_workers, pin_memory=next(model.parameters()).device.type == "cuda",
     )
     detections = _detect(model, loader, amp, score_thresh, max_dets, on_progress)
     merged = merge_detections(all_gather_objects(detections), max_dets)
@@ -83,7 +89,7 @@ def _detect(
     try:
         for done, batch in enumerate(loader, 1):
             with autocast(device, amp):
-                out = model(batch.to(device))
+                out = ground_in_chunks(model, batch.to(device, non_blocking=True), QUERIES_PER_FORWARD)
             found = coco_detections(out, batch.image_ids, batch.category_ids, batch.orig_sizes)
             # Every image lies wholly in one batch, so its top max_dets can be taken here already.
             detections += merge_detections([[d for d in found if d["score"] >= score_thresh]], max_dets)
@@ -93,3 +99,14 @@ def _detect(
         model.train(was_training)
     return detections
 
+
+def ground_in_chunks(model: nn.Module, batch: Batch, queries_per_forward: int) -> dict[str, torch.Tensor]:
+    """The eval outputs of every find query of `batch` ("pred_logits" [Q, N, 1], "pred_boxes" [Q, N, 4],
+    "presence_logit_dec" [Q, 1]): the images encoded once, then at most `queries_per_forward` queries grounded
+    per forward (in eval mode queries do not see each other, so the chunks change nothing but the peak)."""
+    features = model.encode_image(batch.images)
+    parts = [
+        model.ground(features, batch.select_queries(slice(start, start + queries_per_forward)))
+        for start in range(0, batch.num_queries, queries_per_forward)
+    ]
+    return {key: torch.cat([part[key] for part in parts]) for key in _EVAL_OUTPUTS}

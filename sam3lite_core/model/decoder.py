@@ -8,6 +8,7 @@ queries in training.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +74,16 @@ class DecoderLayer(nn.Module):
         attn = self.cross_attn(x + pos, memory + memory_pos, memory, attn_mask=rpb, need_weights=False)[0]
         x = self.norm1(x + self.dropout1(attn))
 
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(x), inplace=True)))  # in place: see the encoder's _ffn
-        x = self.norm3(x + self.dropout4(ffn))
+        x = self.norm3(x + self.dropout4(self._ffn(x)))
         return x[1:], x[:1]
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward block in fp32 whatever the autocast, as upstream's `forward_ffn` has it (its guard
+        names device "cuda", so on a CPU upstream never sees autocast at all). x arrives fp32: a LayerNorm
+        output."""
+        with torch.autocast(x.device.type, enabled=False):
+            # ReLU in place: see the encoder's _ffn.
+            return self.linear2(self.dropout3(F.relu(self.linear1(x), inplace=True)))
 
 
 class BoxDecoder(nn.Module):
@@ -144,12 +152,12 @@ class BoxDecoder(nn.Module):
         all_hs, all_boxes, all_presence = [], [], []
         for layer in self.layers:
             query_pos = self.ref_point_head(self._anchor_embedding(anchors))
-            rpb = self._box_rpb(anchors, feat_size)
-            args = (tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask, rpb, num_independent)
+            args = (layer, anchors, feat_size, tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask,
+                    num_independent)
             if self.activation_checkpointing and self.training:
-                tgt, presence = checkpoint(layer, *args, use_reentrant=False)
+                tgt, presence = checkpoint(self._layer_with_rpb, *args, use_reentrant=False)
             else:
-                tgt, presence = layer(*args)
+                tgt, presence = self._layer_with_rpb(*args)
             hs = self.norm(tgt)
             offsets = self.bbox_embed(hs)
             all_boxes.append((inverse_sigmoid(reference) + offsets).sigmoid())
@@ -161,6 +169,16 @@ class BoxDecoder(nn.Module):
         boxes = torch.stack(all_boxes).transpose(1, 2)
         presence_logits = torch.stack(all_presence).squeeze(1)  # [L, Q, 1]
         return hs, boxes, presence_logits
+
+    def _layer_with_rpb(
+        self, layer: DecoderLayer, anchors: torch.Tensor, feat_size: tuple[int, int], *args: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`layer(tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask, rpb, num_independent)` with
+        the box bias built here, so that under activation checkpointing only the anchors [N, Q, 4] are kept for
+        the backward pass and the bias [Q * heads, 1 + N, HW] (5.3 GB a layer in fp32 for 80 queries with the
+        one-to-many half at 1008 px) is rebuilt there instead of held for every layer."""
+        *before, num_independent = args
+        return layer(*before, self._box_rpb(anchors, feat_size), num_independent)
 
     def _initial_queries(
         self, num_q: int, denoising_anchors: torch.Tensor | None

@@ -10,6 +10,7 @@ the `Serving` record they started with (its model and its lock) until they finis
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
 
 from sam3lite_core.predictor import Predictor
 from sam3lite_core.serve.schemas import ActiveModel, ModelEntry
@@ -136,6 +139,7 @@ class ModelState:
                 self._serving = Serving(active, predictor)
                 write_pointer(self.pointer, active)
                 self._stamp = self._stat()
+        self._release_replaced()
         log.info("activated %s (%s)", active.id, active.checkpoint)
         return active
 
@@ -161,6 +165,7 @@ class ModelState:
                 self._serving = Serving(fallback, predictor)
                 write_pointer(self.pointer, fallback)
                 self._stamp = self._stat()
+        self._release_replaced()
         log.warning("the active checkpoint %s is missing or outside the runs root %s: back to %s",
                     active.checkpoint, self.runs_root, fallback.label)
 
@@ -212,6 +217,16 @@ class ModelState:
                 if serving is not None:
                     self._serving = serving
                 self._stamp = stamp
+        if serving is not None:
+            self._release_replaced()
+
+    def _release_replaced(self) -> None:
+        """Hand the GPU memory of the model just replaced back to the device: the new one is loaded before the
+        swap, so the caching allocator would otherwise keep two models' worth reserved after every activation.
+        A request still running on the old model keeps it until that request ends."""
+        if torch.device(self.device).type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def _stat(self) -> tuple[int, int, int] | None:
         # The inode changes at every atomic rewrite, even one within the file system's mtime granularity.

@@ -58,7 +58,10 @@ class TrainState:
 
 
 def capture_rng() -> dict[str, Any]:
-    """This process's RNG states (torch, CUDA, numpy, random) as tensors and plain types."""
+    """This process's RNG states (torch, numpy, random, and its current GPU's) as tensors and plain types.
+
+    Only the process's own GPU: one process trains on one GPU, and a resume on a machine with another number of
+    GPUs must not depend on how many the saver saw."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -67,7 +70,7 @@ def capture_rng() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -78,7 +81,11 @@ def restore_rng(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints kept every visible GPU's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 class Checkpointer:

@@ -15,6 +15,7 @@ from sam3lite_core.data.layout import find_layout
 from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.model.config import PRESETS, ModelConfig
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
+from sam3lite_core.precision import resolve_amp
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.denoising import DenoisingSettings, denoising_settings
@@ -78,14 +79,6 @@ class Components:
     @property
     def planned_steps(self) -> int:
         return self.cfg.max_epochs * self.train_data.steps_per_epoch
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp != "auto":
-        return amp
-    if device.type != "cuda":
-        return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def resolve_run_dir(cfg: TrainConfig, dataset_id: str) -> Path:

@@ -118,7 +118,9 @@ class TrainConfig(BaseModel):
     # Model, precision, memory (ours).
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        default="auto", description="autocast: auto = bf16 on CUDA (fp16 without bf16 support), off on CPU"
+        default="auto",
+        description="autocast: auto = bf16 on GPUs that compute it natively (compute capability 8.0+), else fp16 "
+        "with a GradScaler; off on CPU",
     )
     activation_checkpointing: bool | None = Field(default=None, description="None = on for the sam3 preset only")
     freeze_language_backbone: bool = Field(default=False, description="frozen text encoder, features cached")

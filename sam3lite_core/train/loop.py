@@ -25,7 +25,7 @@ from sam3lite_core.train.components import Components, build_components
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.denoising import make_denoising_queries
-from sam3lite_core.distributed import all_reduce, any_rank, barrier, init_distributed, shutdown
+from sam3lite_core.distributed import any_rank, barrier, init_distributed, reduce_numbers, shutdown
 from sam3lite_core.eval.evaluate import evaluate
 from sam3lite_core.precision import autocast
 from sam3lite_core.train.events import EventHandler, log_event, metric_event, progress_event, result_event
@@ -145,24 +145,30 @@ def account(c: Components, state: TrainState, out: StepOutput, images: list[list
 
 def train_step(c: Components, micro_batches: list[Batch], step: int) -> StepOutput:
     """One optimiser step over `micro_batches` (gradient accumulation: their mean gradient). The gradients
-    stay in .grad until the next step (clipped, and zero when the step was skipped)."""
+    stay in .grad until the next step (clipped, and zero when the step was skipped).
+
+    The step's numbers reach the host in one transfer (loss, gradient norm and loss terms stacked), so a GPU
+    step waits for the device once, plus the one collective that decides a skip on every rank together."""
     c.optimizer.zero_grad(set_to_none=True)
     c.schedule.step(step)
     loss, terms = forward_backward(c, micro_batches)
     c.scaler.unscale_(c.optimizer)
     grad_norm = clip_gradients(c.model, c.cfg.grad_clip or math.inf)
+    loss_value, norm_value, *term_values = torch.stack([loss, grad_norm.to(loss), *terms.values()]).tolist()
     # fp16's GradScaler skips steps with overflowing gradients itself; that is not a training failure.
-    bad_grad = not c.scaler.is_enabled() and not bool(torch.isfinite(grad_norm))
-    skipped = any_rank(not bool(torch.isfinite(loss)) or bad_grad)
+    bad_grad = not c.scaler.is_enabled() and not math.isfinite(norm_value)
+    skipped = any_rank(not math.isfinite(loss_value) or bad_grad)
     if skipped:
         c.optimizer.zero_grad(set_to_none=False)
     else:
         c.scaler.step(c.optimizer)
-        c.scaler.update()
         if c.ema is not None:
             c.ema.update(c.model)
+    # Every step, skipped or not: unscale_ above is only allowed again after update() (and an fp16 overflow
+    # is exactly when the scale must come down).
+    c.scaler.update()
     return StepOutput(
-        loss=float(loss), terms={k: float(v) for k, v in terms.items()}, grad_norm=float(grad_norm),
+        loss=loss_value, terms=dict(zip(terms, term_values)), grad_norm=norm_value,
         lr=c.optimizer.param_groups[0]["lr"], skipped=skipped,
     )
 
@@ -193,8 +199,7 @@ def forward_backward(c: Components, micro_batches: list[Batch]) -> tuple[torch.T
 
 def log_step(c: Components, state: TrainState, out: StepOutput, images_per_s: float) -> None:
     """Metric + progress events and a metrics.csv row; the loss is averaged over ranks (a collective)."""
-    values = all_reduce(torch.tensor([out.loss, *out.terms.values()], dtype=torch.float64)) / c.info.world_size
-    loss, *terms = values.tolist()
+    loss, *terms = [value / c.info.world_size for value in reduce_numbers([out.loss, *out.terms.values()])]
     steps_per_epoch = c.train_data.steps_per_epoch
     row = {
         "phase": "train", "epoch": state.epoch + 1, "step": state.step, "time_s": round(time.time(), 3),
@@ -222,8 +227,7 @@ def fit_horizon(c: Components, state: TrainState, clock: Clock) -> None:
         return
     per_step = (time.monotonic() - clock.start) / done
     remaining = limit * 60 - clock.used() - clock.last_val_s  # keep room for the final validation
-    fits = torch.tensor([state.step + max(int(remaining / per_step), 1)], dtype=torch.float64)
-    horizon = int(all_reduce(fits, "min").item())
+    horizon = int(reduce_numbers([state.step + max(int(remaining / per_step), 1)], "min")[0])
     state.total_steps = c.schedule.total_steps = max(state.step + 1, min(c.planned_steps, horizon))
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from sam3lite_core import box_ops
+from sam3lite_core.distributed import all_reduce, rank_and_world
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.denoising import DenoisingQueries
 from sam3lite_core.train.matcher import HungarianMatcher, Match
@@ -130,11 +130,8 @@ class SetCriterion(nn.Module):
         num_targets = target_boxes.shape[1]
         valid = torch.arange(num_targets, device=num_boxes.device) < num_boxes[:, None]  # [Q, Tmax]
         visible = valid & (target_boxes[..., 2] > 0) & (target_boxes[..., 3] > 0)
-        normaliser = num_boxes.sum().float()
-        if dist.is_available() and dist.is_initialized():
-            # "global" normalisation: every rank divides by the same mean box count.
-            dist.all_reduce(normaliser)
-            normaliser = normaliser / dist.get_world_size()
+        # "global" normalisation: every rank divides by the same mean box count.
+        normaliser = all_reduce(num_boxes.sum().float()) / rank_and_world()[1]
         return _Targets(
             boxes=target_boxes.float(),
             boxes_xyxy=box_ops.box_cxcywh_to_xyxy(target_boxes.float()),

@@ -1,5 +1,9 @@
 """Named training recipes: config fields that go together, shared by the demo and the benchmarks."""
 
+import os
+
+import torch
+
 # From scratch on 2 CPU cores (bench/bench_train_quality.py measures where it gets). What decides the result is
 # the number of optimiser steps and images seen: the small preset (~0.7 s a step of 4 images at 168 px) sat on
 # the DETR plateau for its ~700 steps in 10 minutes (presence logit at chance, val mAP50 < 0.01). The tiny preset
@@ -48,6 +52,16 @@ _CPU_FROM_SCRATCH = {
     # benchmark keeps 0, chosen (from 0, 7, 123 at 8 minutes) before the rest of the recipe was.
     "seed": 0,
 }
+
+
+def processes_for_host() -> int:
+    """How many data-parallel processes the recipe runs here: one per visible GPU (NCCL cannot share one), as
+    many as divide the recipe's batch evenly (a power of two up to 16); on a CPU the recipe's processes, fewer on
+    a machine with fewer cores."""
+    if torch.cuda.is_available():
+        gpus = min(torch.cuda.device_count(), GLOBAL_BATCH)
+        return 1 << (gpus.bit_length() - 1)
+    return min(CPU_FROM_SCRATCH_PROCESSES, os.cpu_count() or 1)
 
 
 def cpu_from_scratch(processes: int = CPU_FROM_SCRATCH_PROCESSES) -> dict:

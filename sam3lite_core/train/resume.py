@@ -22,7 +22,7 @@ def start_or_resume(c: Components) -> tuple[TrainState, int | None]:
     ckpt = read_checkpoint(c.checkpointer.last)
     load_checkpoint(c.model, ckpt, min_fraction=1.0)
     c.optimizer.load_state_dict(ckpt["optimizer"])
-    c.scaler.load_state_dict(ckpt["scaler"])
+    _resume_scaler(c, ckpt)
     if c.ema is not None and ckpt.get("ema"):
         c.ema.load_state_dict(ckpt["ema"])
     c.miner.load_state_dict(ckpt["miner"], c.info.rank)
@@ -39,6 +39,19 @@ def start_or_resume(c: Components) -> tuple[TrainState, int | None]:
     c.emit(log_event(f"resumed {c.run.path} at step {state.step} (epoch {state.epoch + 1}, "
                      f"{state.micro_batches_done} batches into it)"))
     return state, state.step
+
+
+def _resume_scaler(c: Components, ckpt: dict[str, Any]) -> None:
+    """fp16's loss scale from the checkpoint; one saved without it (CPU, bf16, amp off) starts at the default,
+    and a saved scale is not needed by a run without fp16."""
+    if not c.scaler.is_enabled():
+        return
+    if ckpt.get("scaler"):
+        c.scaler.load_state_dict(ckpt["scaler"])
+        return
+    saved_amp = ckpt.get("config", {}).get("amp")
+    c.emit(log_event(f"resume: the checkpoint has no fp16 loss scale (saved with amp {saved_amp!r} on "
+                     f"{ckpt.get('world_size', 1)} process(es)); the scale starts at its default"))
 
 
 def _report_changes(c: Components, ckpt: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from PIL import Image
 from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES
 from sam3lite_core.data.synth import write_synth
 from sam3lite_core.serve.state import ModelState
-from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
+from sam3lite_core.train.recipes import cpu_from_scratch, processes_for_host
 from sam3lite_pipeline.records import latest_record, record_values
 
 DATASET = "synthetic"
@@ -81,8 +81,8 @@ def _prepare(settings: DemoSettings) -> None:
 def _run_retrain(settings: DemoSettings) -> str:
     """`dagster job execute` of `retrain` on the dataset; returns the tag value that finds the run afterwards
     (its outcome is read from the instance, not from the exit code)."""
-    # The recipe's data-parallel processes (one per core), fewer on a machine with fewer cores.
-    processes = min(CPU_FROM_SCRATCH_PROCESSES, os.cpu_count() or 1)
+    # The recipe's data-parallel processes: one per GPU, else one per core (recipes.processes_for_host).
+    processes = processes_for_host()
     run_config = {
         "ops": {"trained_model": {"config": {**cpu_from_scratch(processes), "time_limit_minutes": settings.minutes}}},
         "resources": {"gates": {"config": {"map_floor": settings.floor}}},
