@@ -231,6 +231,18 @@ def test_a_batch_pins_every_tensor(monkeypatch):
     assert len(pinned) == 4 and isinstance(out, Batch) and out.prompts == ["a"]
 
 
+def test_evaluation_asset_measures_at_the_runs_amp(tmp_path):
+    from sam3lite_pipeline.assets.evaluation import run_amp
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("amp: fp16\npreset: tiny\n")
+    assert run_amp(str(run / "checkpoints" / "export.ckpt")) == "fp16"
+    assert run_amp(str(tmp_path / "elsewhere.ckpt")) == "auto"
+    (run / "config.yaml").write_bytes(b"amp: \xff\xfe\n")
+    assert run_amp(str(run / "checkpoints" / "export.ckpt")) == "auto"
+
+
 def test_demo_and_bench_take_one_process_per_gpu(cuda_present, monkeypatch):
     for gpus, processes in ((1, 1), (2, 2), (3, 2), (8, 8), (12, 8)):
         cuda_present(gpus)

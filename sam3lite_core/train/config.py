@@ -269,6 +269,8 @@ def read_yaml_mapping(path: str | Path, what: str = "", expected: str = "a mappi
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: {_yaml_problem(exc)}") from None
     if data is None:

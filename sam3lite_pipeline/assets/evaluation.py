@@ -9,6 +9,8 @@ from pydantic import Field
 
 from sam3lite_core.distributed import pick_device
 from sam3lite_core.eval.coco_eval import STAT_NAMES, EvalResult
+from sam3lite_core.precision import resolve_amp
+from sam3lite_core.train.config import ConfigError, read_yaml_mapping
 from sam3lite_pipeline.assets.dataset import GROUP
 from sam3lite_pipeline.assets.training import trained_model
 from sam3lite_pipeline.gates import (
@@ -36,12 +38,22 @@ class EvaluationConfig(dg.Config):
 
 def run_evaluation(checkpoint: str, coco: dict[str, Any], batch_size: int) -> EvalResult:
     """COCO stats of `checkpoint` on the val split of `coco` (coco_dataset's metadata), on the GPU when there
-    is one (in bf16 there)."""
+    is one, at the amp its run trained with (`run_amp`)."""
     from sam3lite_core.eval.evaluate import evaluate
 
     device = pick_device("auto")
     return evaluate(checkpoint, coco["val_json"], coco["val_images_root"], batch_size=batch_size, device=device,
-                    amp="bf16" if device.type == "cuda" else "off")
+                    amp=resolve_amp(run_amp(checkpoint), device))
+
+
+def run_amp(checkpoint: str) -> str:
+    """The `amp` of the run a checkpoint belongs to (`<run>/checkpoints/<file>` beside `<run>/config.yaml`), so
+    a candidate is measured at the precision its run validated with; "auto" for a checkpoint outside a run."""
+    config = Path(checkpoint).parent.parent / "config.yaml"
+    try:
+        return str(read_yaml_mapping(config).get("amp", "auto"))
+    except ConfigError:
+        return "auto"
 
 
 @dg.asset(
