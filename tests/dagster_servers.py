@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import requests
 import yaml
 
@@ -101,6 +102,9 @@ def dagster_server(
         raise ValueError("pass exactly one of workspace= or module=")
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(instance_config if instance_config is not None else instance_yaml(daemon))
+    # Create the instance's SQLite storages here: a webserver and a daemon that both find them missing migrate
+    # them at once and can fail with "Version table 'alembic_version' has more than one head present".
+    dg.DagsterInstance.from_config(str(home)).dispose()
     if workspace is None:
         entry = {"module_name": module, "attribute": attribute, "location_name": location}
         if working_directory is not None:
