@@ -30,7 +30,7 @@ from sam3lite_core.serve.state import ModelState
 from sam3lite_core.train.recipes import CPU_FROM_SCRATCH_PROCESSES, cpu_from_scratch
 
 DATASET = "synthetic"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # A working run of the recipe on 2 idle cores reaches mAP50 0.48-0.56 in 10 minutes depending on the seed (the
 # recipe's 0: 0.51-0.56, 123: 0.48, 7: 0.56; bench/bench_train_quality.py; the demo's 9 minutes: 0.505), and a run
 # that did not learn stays below 0.01. The floor separates the two even when other hardware's rounding leads to a
