@@ -9,8 +9,8 @@
 Each process starts in its own session with SIGINT/SIGTERM at their defaults: a process started from a
 non-interactive shell inherits SIGINT=ignored, and Dagster maps SIGTERM onto its SIGINT handler, so both would be
 ignored and the server could not be stopped (reference/dagster_facts.md s.4). Stopping sends SIGTERM to each
-process group (webserver, code server, run workers alike), SIGKILLs what is left after a grace period and asserts
-that nothing of the groups survives. A process that run code starts in a session of its own (the training
+process group (webserver, code server, run workers alike) at once, SIGKILLs what is left after a grace period and
+asserts that nothing of the groups survives. A process that run code starts in a session of its own (the training
 launcher's process group) is outside these groups: stopping it is that code's job. Linux only: group
 membership is read from /proc.
 """
@@ -24,10 +24,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import requests
 import yaml
 
@@ -101,6 +102,9 @@ def dagster_server(
         raise ValueError("pass exactly one of workspace= or module=")
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(instance_config if instance_config is not None else instance_yaml(daemon))
+    # Create the instance's SQLite storages here: a webserver and a daemon that both find them missing migrate
+    # them at once and can fail with "Version table 'alembic_version' has more than one head present".
+    dg.DagsterInstance.from_config(str(home)).dispose()
     if workspace is None:
         entry = {"module_name": module, "attribute": attribute, "location_name": location}
         if working_directory is not None:
@@ -110,17 +114,17 @@ def dagster_server(
     child_env = {**os.environ, "DAGSTER_HOME": str(home), **(env or {})}
     port = free_port()
     server = DagsterServer(f"http://127.0.0.1:{port}", home, location, home / "webserver.log")
-    with ExitStack() as stack:
-        webserver = stack.enter_context(_process(
-            ["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-            child_env, server.log_path, stop_timeout_s,
-        ))
+    started: list[subprocess.Popen] = []
+    try:
+        webserver = _start(["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+                           child_env, server.log_path)
+        started.append(webserver)
         if daemon:
-            stack.enter_context(_process(
-                ["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log", stop_timeout_s,
-            ))
+            started.append(_start(["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log"))
         _wait_until_loaded(server, webserver, start_timeout_s)
         yield server
+    finally:
+        _stop_groups(started, stop_timeout_s)
 
 
 def free_port() -> int:
@@ -129,36 +133,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def _process(argv: list[str], env: dict[str, str], log_path: Path, stop_timeout_s: float) -> Iterator[subprocess.Popen]:
+def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     script = Path(sys.executable).parent / argv[0]  # the console script of this environment, not one on PATH
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, str(script), *argv[1:]],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    try:
-        yield proc
-    finally:
-        _stop_group(proc, stop_timeout_s)
 
 
-def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
-    pgid = proc.pid  # a session leader leads its own process group
-    _signal_group(pgid, signal.SIGTERM)
+def _stop_groups(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every group first, then wait: the servers shut down side by side, not one after the other."""
+    groups = [proc.pid for proc in procs]  # a session leader leads its own process group
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
-    while group_members(pgid) and time.monotonic() < deadline:
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+    while any(group_members(pgid) for pgid in groups) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if group_members(pgid):
-        _signal_group(pgid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    if any(group_members(pgid) for pgid in groups):
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait(timeout=10)
         time.sleep(0.5)
-    left = group_members(pgid)
-    assert not left, f"processes of the server's group {pgid} survived SIGKILL: {left}"
+    left = {pgid: members for pgid in groups if (members := group_members(pgid))}
+    assert not left, f"processes of the servers' groups survived SIGKILL: {left}"
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

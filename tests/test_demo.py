@@ -1,4 +1,4 @@
-"""`make demo` is the main job: its driver, shrunk (40 images, a 12-second training budget, floor 0), runs the
+"""`make demo` is the main job: its driver, shrunk (20 images, a 3-second training budget, floor 0), runs the
 whole retrain through `dagster job execute` on a persistent instance and ends with an active checkpoint that
 answers a prediction."""
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_driver_end_to_end(tmp_path):
-    env = os.environ | {"DEMO_DIR": str(tmp_path / "demo"), "DEMO_IMAGES": "40", "DEMO_MINUTES": "0.2",
+    env = os.environ | {"DEMO_DIR": str(tmp_path / "demo"), "DEMO_IMAGES": "20", "DEMO_MINUTES": "0.05",
                         "DEMO_FLOOR": "0", "OMP_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-m", "sam3lite_pipeline.demo"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=600)

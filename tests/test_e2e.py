@@ -1,7 +1,7 @@
 """End to end as a backend sees it: the Dagster webserver and daemon on 127.0.0.1 serving the real code location
 (with deploy/dagster.yaml), a retrain launched through the GraphQL trigger, its log followed live, polled to
-SUCCESS and its result read; a second retrain cancelled mid-training. Afterwards no training process and no
-server process is left."""
+SUCCESS and its result read; a second retrain, launched while the first trains and queued behind it, cancelled
+mid-training. Afterwards no training process and no server process is left."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from dagster_servers import dagster_server
 from pipeline_harness import DATASET, TINY_RUN, stage, training_processes
 
@@ -26,6 +27,7 @@ def _run_config(in_process: bool = False, **fields) -> dict:
     return config | ({"execution": {"config": {"in_process": {}}}} if in_process else {})
 
 
+@pytest.mark.e2e
 def test_backend_launches_follows_reads_and_cancels(tmp_path):
     home = tmp_path / "home"
     stage(home)
@@ -37,22 +39,28 @@ def test_backend_launches_follows_reads_and_cancels(tmp_path):
                         env=env) as server:
         client = TriggerClient(server.url)
         run_id = client.launch(DATASET, _run_config(in_process=True), tags={"backend_request_id": "req-1"})
-        messages = [event.message for event in client.follow(run_id, poll_s=1.0)]
-        assert any(m.startswith("validation after epoch 1/1") for m in messages), server.log_tail()
-        assert client.wait(run_id, timeout_s=60).status == "SUCCESS"
+        messages, long_run = [], None
+        for event in client.follow(run_id, poll_s=0.25):
+            messages.append(event.message)
+            if long_run is None and event.message.startswith("training started"):
+                # Launched once the first run holds the one slot of pool "gpu": its training queues behind the
+                # first one's while its run worker and step processes start (seconds each on 2 cores).
+                long_run = client.launch(DATASET, _run_config(max_epochs=1000))
+        assert long_run is not None and any(m.startswith("validation after epoch 1/1") for m in messages), (
+            server.log_tail())
+        assert client.wait(run_id, poll_s=0.25, timeout_s=60).status == "SUCCESS"
         result = client.result(run_id)
         assert result.activated and result.checkpoint.endswith("checkpoints/export.ckpt")
         assert {g.check for g in result.gates} == GATES and all(g.passed for g in result.gates)
         assert "AP50" in result.metrics and result.run.tags["backend_request_id"] == "req-1"
         assert (home / "runs" / "active_model.json").read_text().count(result.checkpoint) == 1
 
-        long_run = client.launch(DATASET, _run_config(max_epochs=1000))
         deadline = time.monotonic() + 180
         while not training_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert training_processes(marker), server.log_tail()
         client.cancel(long_run)
-        assert client.wait(long_run, timeout_s=90).status == "CANCELED"
+        assert client.wait(long_run, poll_s=0.25, timeout_s=90).status == "CANCELED"
         deadline = time.monotonic() + 30
         while training_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -54,6 +54,7 @@ def finished(client):
     return client.wait(run_id, poll_s=0.25, timeout_s=60)
 
 
+@pytest.mark.e2e
 def test_launch_wait_result(client, finished):
     assert finished.status == "SUCCESS"
     assert finished.dataset == "alpha" and finished.job == "retrain"
@@ -69,12 +70,14 @@ def test_launch_wait_result(client, finished):
         "staged_dataset", "coco_dataset", "trained_model", "evaluation", "active_checkpoint"]
 
 
+@pytest.mark.e2e
 def test_logs_after_the_cursor_are_only_new_events(client, finished):
     events, cursor = client.logs(finished.run_id)
     assert "RUN_SUCCESS" in [e.event_type for e in events]
     assert client.logs(finished.run_id, cursor) == ([], cursor)
 
 
+@pytest.mark.e2e
 def test_invalid_run_config_names_the_field(client):
     with pytest.raises(TriggerError) as caught:
         client.launch("alpha", {"ops": {"trained_model": {"config": {"epochz": 1}}}})
@@ -83,6 +86,7 @@ def test_invalid_run_config_names_the_field(client):
     assert caught.value.details[0].startswith("ops.trained_model.config: ")
 
 
+@pytest.mark.e2e
 def test_unknown_job_and_run_are_trigger_errors(client, server):
     with pytest.raises(TriggerError, match="nope") as caught:
         TriggerClient(server.url, job="nope").launch("alpha")
@@ -93,6 +97,7 @@ def test_unknown_job_and_run_are_trigger_errors(client, server):
         assert caught.value.kind == "RunNotFoundError"
 
 
+@pytest.mark.e2e
 def test_cancel_stops_the_run_and_its_process(client, tmp_path):
     pid_file = tmp_path / "pid"
     run_id = client.launch("slow", {"ops": {"trained_model": {"config": {"sleep_s": 60, "pid_file": str(pid_file)}}}})
@@ -119,6 +124,7 @@ def test_cancel_stops_the_run_and_its_process(client, tmp_path):
         client.cancel(run_id)
 
 
+@pytest.mark.e2e
 def test_list_filters_by_dataset(client, finished):
     alpha = client.list_runs("alpha")
     assert finished.run_id in [run.run_id for run in alpha]
@@ -126,6 +132,7 @@ def test_list_filters_by_dataset(client, finished):
     assert client.list_runs("nobody") == []
 
 
+@pytest.mark.e2e
 def test_cli_launch_wait_then_result_json(server, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  evaluation:\n    config:\n      ap50: 0.2\n")
