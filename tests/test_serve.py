@@ -20,11 +20,12 @@ import torch
 from serve_harness import AUTH, Server
 from train_helpers import make_dataset, threads, tiny_config
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.serve.schemas import ActiveModel
 from sam3lite_core.serve.state import POINTER_NAME, ModelState, write_pointer
 from sam3lite_core.train.loop import train
+from sam3lite_core.weights import save_checkpoint
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
