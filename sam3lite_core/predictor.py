@@ -56,6 +56,32 @@ class Detection:
     prompt: str
 
 
+@dataclass(frozen=True)
+class WindowedAnswer:
+    """One prompt's answer on an image seen through windows, with what the merge did.
+
+    detections  the kept detections, best first (as `Predictor.predict` gives them)
+    windows     long [T, 4] (x0, y0, x1, y1) px, the windows the image was cut into
+    raw         detections of all windows that entered the merge (score >= threshold, per-window limit)
+    fused       detections left after the merge, before the final `max_detections`
+    """
+
+    detections: list[Detection]
+    windows: torch.Tensor
+    raw: int
+    fused: int
+
+
+def _best_per_window(scores: torch.Tensor, limit: int) -> torch.Tensor:
+    """scores [T, K, N] -> the same with all but the `limit` best of each (window, prompt) set to -1, below any
+    threshold."""
+    if limit >= scores.shape[-1]:
+        return scores
+    kept = torch.full_like(scores, -1.0)
+    best = scores.topk(limit, dim=-1)
+    return kept.scatter(-1, best.indices, best.values)
+
+
 def load_rgb(image: ImageInput) -> np.ndarray:
     """A path, PIL image, uint8 [H, W, 3] / [H, W] array or [3, H, W] tensor -> uint8 [H, W, 3] RGB array."""
     if isinstance(image, (str, os.PathLike)):
@@ -177,6 +203,36 @@ class Predictor:
                 for (b, s), text in zip(per_prompt, texts)
             ])
         return results
+
+    def predict_windowed(
+        self, image: ImageInput, prompts: Sequence[str], tile: TileSettings, *, threshold: float = 0.0,
+        per_window: int | None = None, max_detections: int | None = None, chunk_size: int = 16,
+    ) -> list[WindowedAnswer]:
+        """One image through `tile`'s windows: per text prompt, its detections and the merge's counts.
+
+        As `predict(..., tile=tile)`, but each window keeps only its `per_window` best detections before the
+        merge (the backend widens this per-window search beyond the final `max_detections`), and the answer says
+        how many detections the windows gave and how many the merge left.
+        """
+        texts = [_check_prompt(p, i) for i, p in enumerate(prompts)]
+        _check_limits(threshold, max_detections, None, chunk_size)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(TILED_EXEMPLARS_UNSUPPORTED)
+        if per_window is not None and per_window < 1:
+            raise ValueError(f"per_window must be >= 1 or None, got {per_window}")
+        pixels = load_rgb(image)
+        height, width = pixels.shape[:2]
+        windows = tile_windows(height, width, tile)
+        boxes, scores = self._ground(pixels, windows, list(prompts), chunk_size)
+        if per_window is not None:
+            scores = _best_per_window(scores, per_window)
+        raw = (scores >= threshold).sum(dim=(0, 2)).tolist()  # [K]
+        merged = merge_windows(boxes, scores, windows, tile.merge_iou, min_score=threshold)
+        return [
+            WindowedAnswer(self._select(b, s, text, (height, width), threshold, max_detections, None), windows,
+                           int(count), len(s))
+            for (b, s), text, count in zip(merged, texts, raw)
+        ]
 
     def _ground(
         self, pixels: np.ndarray, windows: torch.Tensor, prompts: list[PromptLike], chunk_size: int

@@ -18,7 +18,7 @@ useful IoU threshold, so NMS alone would keep both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.ops import batched_nms
@@ -28,6 +28,7 @@ from torchvision.ops import batched_nms
 EDGE_MARGIN = 0.02
 # More windows than this is a misconfiguration (a tiny window on a large image), not a workload.
 MAX_WINDOWS = 256
+MIN_WINDOW = 16  # px; a smaller window holds too little of any object to be worth a forward
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class TileSettings:
     merge_iou: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.size < 16:
-            raise ValueError(f"the window size must be at least 16 px, got {self.size}")
+        if self.size < MIN_WINDOW:
+            raise ValueError(f"the window size must be at least {MIN_WINDOW} px, got {self.size}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"the window overlap is a fraction of the window in [0, 1), got {self.overlap}")
         if not 0.0 < self.merge_iou <= 1.0:
@@ -73,6 +74,26 @@ def tile_windows(height: int, width: int, settings: TileSettings) -> torch.Tenso
         )
     side_y, side_x = min(settings.size, height), min(settings.size, width)
     return torch.tensor([[x, y, x + side_x, y + side_y] for y in rows for x in cols], dtype=torch.long)
+
+
+def window_count(height: int, width: int, settings: TileSettings) -> int:
+    """How many windows `tile_windows` cuts a height x width image into."""
+    return len(_starts(height, settings.size, settings.overlap)) * len(_starts(width, settings.size, settings.overlap))
+
+
+def fit_windows(height: int, width: int, settings: TileSettings) -> TileSettings:
+    """`settings` with the smallest window side >= its own that cuts the image into at most MAX_WINDOWS windows
+    (the count only falls as the side grows, so a bisection finds it); `settings` itself when it fits."""
+    if window_count(height, width, settings) <= MAX_WINDOWS:
+        return settings
+    low, high = settings.size, max(height, width, settings.size)  # one window of the longer side always fits
+    while low + 1 < high:
+        middle = (low + high) // 2
+        if window_count(height, width, replace(settings, size=middle)) <= MAX_WINDOWS:
+            high = middle
+        else:
+            low = middle
+    return replace(settings, size=high)
 
 
 def _touches_inner_edge(boxes: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:

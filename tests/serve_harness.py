@@ -18,19 +18,23 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class Server:
     """`sam3lite serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, runs: Path) -> None:
+    def __init__(self, runs: Path, base_checkpoint: Path | None = None, token: str | None = TOKEN) -> None:
+        """`token` None: no activation token (the backend's UI sends none)."""
         self.url = ""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        env = os.environ | {"SAM3LITE_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+        env = os.environ | {"OMP_NUM_THREADS": "1"} | ({"SAM3LITE_SERVE_TOKEN": token} if token else {})
         env.pop("SAM3_CHECKPOINT_PATH", None)
+        if not token:
+            env.pop("SAM3LITE_SERVE_TOKEN", None)
+        base = ["--base-checkpoint", str(base_checkpoint)] if base_checkpoint else []
         # Logs go to a file: a full pipe nobody reads would block the server.
         self.log = runs.parent / f"serve-{port}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sam3lite_core.cli", "serve", "--runs-root", str(runs), "--port", str(port),
-                 "--device", "cpu", "--max-upload-mb", "0.25"],
+                 "--device", "cpu", "--max-upload-mb", "0.25", *base],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{port}"

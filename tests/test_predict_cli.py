@@ -10,9 +10,9 @@ import PIL.Image
 import pytest
 import torch
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.cli import main
 from sam3lite_core.model.sam3lite import build_model
+from sam3lite_core.weights import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,31 @@ def test_tiled(files, capsys):
     assert main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
                  "--tile", "24", "--tile-overlap", "1.5", "--device", "cpu"]) == 1
     assert "window overlap" in capsys.readouterr().err
+
+
+def test_box_prompts(files, capsys):
+    """--box runs the exemplar path of /sam3/visual_prompt beside a text prompt, on one image, memory reported."""
+    status = main(["predict", str(files / "a.png"), "--prompt", "x", "--box", "4,4,16,12", "--box", "30,10,20,20:neg",
+                   "--checkpoint", str(files / "tiny.ckpt"), "--threshold", "0", "--max-detections", "3",
+                   "--json", "-", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    prompts = [d["prompt"] for d in json.loads(captured.out)[0]["detections"]]
+    assert prompts == ["x"] * 3 + ["visual"] * 3 and "peak RSS" in captured.err
+    alone = main(["predict", str(files / "a.png"), "--box", "4,4,16,12", "--checkpoint", str(files / "tiny.ckpt"),
+                  "--threshold", "0", "--max-detections", "3", "--json", "-", "--device", "cpu"])
+    assert alone == 0 and [d["prompt"] for d in json.loads(capsys.readouterr().out)[0]["detections"]] == ["visual"] * 3
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    (["--box", "1,2,3"], "X,Y,W,H"), (["--box", "1,2,0,4"], "> 0"), (["--box", "1,2,3,4:maybe"], ":neg"),
+    (["--box", "a,b,c,d"], "X,Y,W,H"), (["--box", "1,2,nan,4"], "finite"),
+    (["--box", "1,2,3,4", "--tile", "24"], "--tile"), (["SECOND", "--box", "1,2,3,4"], "exactly one image"),
+    ([], "--prompt TEXT or --box"),
+])
+def test_box_refusals(files, capsys, extra, reason):
+    extra = [str(files / "b.jpg") if part == "SECOND" else part for part in extra]
+    status = main(["predict", str(files / "a.png"), *extra, "--checkpoint", str(files / "tiny.ckpt"),
+                   "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1 and reason in err and "Traceback" not in err

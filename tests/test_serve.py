@@ -20,11 +20,12 @@ import torch
 from serve_harness import AUTH, Server
 from train_helpers import make_dataset, threads, tiny_config
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.serve.schemas import ActiveModel
 from sam3lite_core.serve.state import POINTER_NAME, ModelState, write_pointer
 from sam3lite_core.train.loop import train
+from sam3lite_core.weights import save_checkpoint
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
@@ -63,13 +64,16 @@ def activate(server: Server, path, label=None, **extra) -> httpx.Response:
 def check_detections(body: dict, label: str, source: str) -> None:
     assert set(body) == {"detections", "warnings", "image_token", "masks"} and body["masks"] is None
     for det in body["detections"]:
-        assert set(det) == {"bbox", "score", "qwen_label", "source", "class_name", "mask"}
+        assert set(det) == {"bbox", "score", "qwen_label", "source", "mask", "simplify_epsilon", "class_id",
+                            "class_name"}
         assert len(det["bbox"]) == 4 and all(0.0 <= v <= 1.0 for v in det["bbox"])
         assert 0.0 <= det["score"] <= 1.0 and det["mask"] is None
-        assert det["qwen_label"] == det["class_name"] == label and det["source"] == source
+        assert det["qwen_label"] == label and det["source"] == source
+        assert det["class_id"] is None and det["class_name"] is None  # no labelmap here
     scores = [d["score"] for d in body["detections"]]
     assert scores == sorted(scores, reverse=True)
-    assert body["warnings"] == ([] if scores else ["no_results"])
+    plain = [w for w in body["warnings"] if not w.startswith("windowed_")]  # windowed diagnostics: their own test
+    assert plain == ([] if scores else ["no_results"])
 
 
 def test_activation_and_prompts(server, runs):
@@ -110,10 +114,10 @@ def test_activation_and_prompts(server, runs):
               "height": 30}], "bbox_labels": [True, False], "threshold": 0.0, "max_results": 3}
     answer = server.client.post("/sam3/visual_prompt", json=visual)
     assert answer.status_code == 200, answer.text
-    check_detections(answer.json(), "visual", "sam3_visual")
+    check_detections(answer.json(), "visual", "sam3_text")
     single = {"image_token": first["image_token"], "bbox_left": 4, "bbox_top": 4, "bbox_width": 16,
               "bbox_height": 20, "text_prompt": "circle", "threshold": 0.0}
-    check_detections(server.client.post("/sam3/visual_prompt", json=single).json(), "circle", "sam3_visual")
+    check_detections(server.client.post("/sam3/visual_prompt", json=single).json(), "circle", "sam3_text")
 
 
 @pytest.mark.parametrize(
@@ -140,16 +144,19 @@ def test_refused_activations_keep_the_old_model(server, runs):
     link.unlink(missing_ok=True)
     link.symlink_to(runs.parent / "outside.ckpt")
     refused = [
-        (activate(server, runs / "corrupt" / "checkpoints" / "last.ckpt"), 400, "not a readable PyTorch checkpoint"),
-        (activate(server, runs.parent / "outside.ckpt"), 400, "inside the runs root"),
-        (activate(server, runs / "trained" / "../../outside.ckpt"), 400, "inside the runs root"),
-        (activate(server, link), 400, "symlink"),
-        (activate(server, runs / "nope.ckpt"), 404, "sam3_checkpoint_not_found"),
-        (activate(server, trained, enable_segmentation=True), 400, "box-only"),
-        (activate(server, None), 409, "no base weights"),
+        (activate(server, runs / "corrupt" / "checkpoints" / "last.ckpt"), 400, "sam3_checkpoint_invalid",
+         "not a readable PyTorch checkpoint"),
+        (activate(server, runs.parent / "outside.ckpt"), 400, "sam3_checkpoint_path_invalid", "inside the runs root"),
+        (activate(server, runs / "trained" / "../../outside.ckpt"), 400, "sam3_checkpoint_path_invalid",
+         "inside the runs root"),
+        (activate(server, link), 400, "sam3_checkpoint_path_invalid", "symlink"),
+        (activate(server, runs / "nope.ckpt"), 404, "sam3_checkpoint_not_found", "does not exist"),
+        (activate(server, trained, enable_segmentation=True), 400, "sam3_segmentation_unsupported", "box-only"),
+        (activate(server, None), 409, "sam3_base_checkpoint_missing", "no base weights"),
     ]
-    for response, status, reason in refused:
-        assert response.status_code == status and reason in response.json()["detail"], response.text
+    for response, status, code, reason in refused:
+        body = response.json()
+        assert response.status_code == status and body["detail"] == code and reason in body["message"], response.text
     assert server.client.get("/health").json()["active"]["id"] == "keep"
     image, _ = png_base64(1)
     assert server.client.post("/sam3/text_prompt", json={"image_base64": image, "text_prompt": "x"}).status_code == 200
@@ -161,10 +168,12 @@ def test_model_listing(server, runs):
     for url in ("/sam3/models", "/sam3/models/available"):
         entries = server.client.get(url).json()
         assert entries[0] == {"id": "Base SAM3", "key": "base", "path": None, "active": False, "source": "env",
-                              "variant": "sam3", "size_bytes": None, "promoted": None, "run_path": None}
+                              "variant": "sam3", "size_bytes": None, "promoted": None, "promoted_at": None,
+                              "run_path": None, "enable_segmentation": False}
         assert entries[1] | {"key": None} == {"id": "listed", "key": None, "path": str(trained), "active": True,
                                               "source": "custom", "variant": "sam3", "size_bytes": None,
-                                              "promoted": None, "run_path": None}
+                                              "promoted": None, "promoted_at": None, "run_path": None,
+                                              "enable_segmentation": False}
         runs_listed = {e["id"]: e for e in entries[2:]}
         assert set(runs_listed) == {"corrupt", "other", "trained"}
         assert runs_listed["other"]["path"] == str(runs / "other" / "checkpoints" / "last.ckpt")
@@ -232,6 +241,7 @@ def test_windowed_text_prompts(server, runs):
     response = server.client.post("/sam3/text_prompt", json=body)
     assert response.status_code == 200, response.text
     check_detections(response.json(), "circle", "sam3_text")
+    assert "windowed_tiles:6" in response.json()["warnings"]
     whole = server.client.post("/sam3/text_prompt", json={**body, "windowed": False}).json()
     assert response.json()["detections"] != whole["detections"]  # 6 windows of 32 px, not one 64 x 48 image
     batch = server.client.post("/sam3/text_prompt_batch", json={**body, "image_base64": None, "text_prompts": [
@@ -241,7 +251,7 @@ def test_windowed_text_prompts(server, runs):
         [d["score"] for d in response.json()["detections"]], abs=1e-5)
     default_window = server.client.post("/sam3/text_prompt", json={**body, "window_size": None})
     assert default_window.status_code == 200  # the model's input side: one window for this small image
-    for bad in ({"window_overlap": 1.0}, {"merge_iou": 0.0}, {"window_size": 8}):
+    for bad in ({"window_overlap": 1.0}, {"merge_iou": 0.0}, {"window_size": "big"}):
         assert server.client.post("/sam3/text_prompt", json={**body, **bad}).status_code == 422
 
 
@@ -258,7 +268,7 @@ def test_listing_drops_a_missing_active_checkpoint(server, runs, how):
             doomed.symlink_to(runs.parent / "outside.ckpt")
         assert server.client.get("/health").json()["active"]["id"] == "doomed"  # only listing checks
         entries = server.client.get("/sam3/models").json()
-        assert [e for e in entries if e["active"]] == []
+        assert [e["key"] for e in entries if e["active"]] == ["base"]  # the backend's base row: no custom model
         assert not any(str(e.get("key")).startswith("active:") for e in entries)
         health = server.client.get("/health").json()
         assert health["active"]["source"] == "none" and not health["model_loaded"]

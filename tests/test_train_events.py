@@ -8,7 +8,12 @@ import json
 import re
 
 from sam3lite_core.train.events import (
-    ConsolePrinter, event_lines, log_event, metric_event, progress_event, result_event,
+    ConsolePrinter,
+    event_lines,
+    log_event,
+    metric_event,
+    progress_event,
+    result_event,
 )
 
 NUM = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
@@ -76,3 +81,19 @@ def test_printer_lines_off_a_terminal_and_a_bar_on_one():
     text = terminal.getvalue()
     assert "[sam3lite-" not in text  # people get a bar and summaries
     assert "1/10" in text and "saved" in text and "AP50 0.5000" in text and "done (completed)" in text
+
+
+def test_non_finite_values_leave_the_rest_of_the_line_parseable():
+    nan_loss = event_lines(metric_event(TRAIN | {"loss": float("nan")}), upstream=True)[1]
+    assert TRAIN_RE.search(nan_loss) and not LOSS_RE.search(nan_loss)  # progress moves, no loss is invented
+    assert nan_loss.endswith("| not finite: loss=nan")
+    inf_mean = event_lines(metric_event(TRAIN | {"loss_avg10": float("inf")}), upstream=True)[1]
+    loss = LOSS_RE.search(inf_mean)
+    assert float(loss.group(1)) == round(123.456789, 4) and loss.group(2) is None and loss.group(3) is None
+    assert inf_mean.endswith("| not finite: loss_mean10=inf")
+
+    val_line = event_lines(metric_event(VAL | {"AP50": float("nan")}), upstream=True)[1]
+    pairs = dict(PAIR_RE.findall(val_line))
+    assert "coco_eval_bbox_AP" in val_line and len(pairs) == 4 and not any(k.endswith("AP_50") for k in pairs)
+    assert all(float(v) == float(v) for v in pairs.values()) and val_line.endswith("| not finite: AP50=nan")
+    assert int(EPOCH_RE.search(val_line).group(1)) == 2

@@ -1,8 +1,13 @@
 """`sam3lite predict IMAGE... --prompt TEXT [--prompt TEXT ...] --checkpoint PATH [--threshold T] [--json OUT]
 [--viz OUT_DIR] [--tile SIZE [--tile-overlap F] [--tile-merge-iou F]]`: detect the prompted objects in each image.
+`sam3lite predict IMAGE --box X,Y,W,H[:neg] [--box ...] [--prompt TEXT ...] --checkpoint PATH`: also (or only)
+find what the exemplar boxes show.
 
 `--tile SIZE` looks at a large image through overlapping SIZE px windows, each at the model's resolution, and
 merges their detections (small objects stay visible that a whole-image resize would shrink away).
+`--box` gives exemplar boxes in pixels of that one image (x, y of the top-left corner, width, height; `:neg` for
+a negative exemplar); together they are one prompt (text "visual"), the exemplar path of the service's
+`/sam3/visual_prompt`. It takes one image and no `--tile` (a box names a region of one whole image).
 
 Prints one table row per kept detection, then the peak memory (resident set of this process; the CUDA peak too
 on a GPU). `--json OUT` writes every detection ("-" prints the JSON instead of the table); `--viz OUT_DIR` saves
@@ -13,17 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sam3lite_core.commands.errors import explain_errors
+
+if TYPE_CHECKING:
+    from sam3lite_core.inference import PromptLike
+
+EXEMPLAR_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes only, as the service sends
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="text prompt (repeatable)")
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="text prompt (repeatable)")
+    parser.add_argument("--box", action="append", default=[], metavar="X,Y,W,H[:neg]",
+                        help="exemplar box in pixels of the one image (repeatable; ':neg' = negative)")
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="our checkpoint or an upstream sam3.pt")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score kept (default 0.5)")
     parser.add_argument("--max-detections", type=int, default=100, help="best detections kept per prompt")
@@ -37,6 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="least fraction of a window its neighbours share (default 0.2)")
     parser.add_argument("--tile-merge-iou", type=float, default=0.5, metavar="F",
                         help="boxes from different windows overlapping above this IoU are one object (default 0.5)")
+
+
+def parse_box(text: str) -> tuple[list[float], int]:
+    """'X,Y,W,H[:neg|:pos]' -> ([x0, y0, x1, y1] px, label 1 | 0); ValueError saying the expected form."""
+    spec, _, sign = text.partition(":")
+    try:
+        x, y, w, h = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--box {text!r}: give X,Y,W,H in pixels (four numbers), optionally ending in :neg") from None
+    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0 or sign not in ("", "neg", "pos"):
+        raise ValueError(f"--box {text!r}: W and H must be > 0 pixels, all finite, and the suffix :neg or :pos")
+    return [x, y, x + w, y + h], 0 if sign == "neg" else 1
+
+
+def _prompts(args: argparse.Namespace) -> list[PromptLike]:
+    """The text prompts, then the exemplar boxes as one prompt; ValueError for a combination that cannot run."""
+    if not args.prompt and not args.box:
+        raise ValueError("give at least one --prompt TEXT or --box X,Y,W,H")
+    if not args.box:
+        return list(args.prompt)
+    if args.tile is not None:
+        raise ValueError("--box cannot be combined with --tile: a box names a region of the whole image")
+    if len(args.images) != 1:
+        raise ValueError(f"--box takes exactly one image (its boxes are pixels of that image); got {len(args.images)}")
+    boxes, labels = zip(*map(parse_box, args.box))
+    return [*args.prompt, {"text": EXEMPLAR_TEXT, "boxes": list(boxes), "labels": list(labels)}]
 
 
 def _records(images: list[str], results: list[list[list[Any]]]) -> list[dict[str, Any]]:
@@ -101,13 +140,14 @@ def _predict(args: argparse.Namespace) -> int:
     from sam3lite_core.predictor import Predictor
     from sam3lite_core.tiling import TileSettings
 
+    prompts = _prompts(args)
     tile = None
     if args.tile is not None:
         tile = TileSettings(size=args.tile, overlap=args.tile_overlap, merge_iou=args.tile_merge_iou)
     device = str(pick_device(args.device))
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
     results = predictor.predict(
-        args.images, args.prompt, threshold=args.threshold, max_detections=args.max_detections,
+        args.images, prompts, threshold=args.threshold, max_detections=args.max_detections,
         nms_iou=args.nms_iou, tile=tile,
     )
     records = _records(args.images, results)

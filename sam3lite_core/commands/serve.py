@@ -2,8 +2,10 @@
 
 Serves the backend-compatible SAM3 endpoints (sam3lite_core/serve/app.py) with uvicorn. The active checkpoint
 is the one recorded in `<runs-root>/active_model.json` (kept across restarts, and followed when another process
-rewrites it), else --base-checkpoint (default: env SAM3_CHECKPOINT_PATH). Set SAM3LITE_SERVE_TOKEN to require
-`Authorization: Bearer <token>` on activation.
+rewrites it), else --base-checkpoint (default: env SAM3_CHECKPOINT_PATH), which activation also accepts by its
+path or as `checkpoint_path: null`. SAM3LITE_SERVE_TOKEN, when set, requires `Authorization: Bearer <token>` on
+activation; the backend's UI sends no such header, so set it only where the service is reachable beyond the
+UI's users (the pipeline's `tator` backend mode sends it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights served when no run is active (default: env SAM3_CHECKPOINT_PATH)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted image (MiB)")
+    parser.add_argument("--max-upload-mb", type=float, default=100.0,
+                        help="largest accepted image (MiB; default 100, the backend's limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
     from sam3lite_core.distributed import pick_device
     from sam3lite_core.serve.app import create_app
 
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     app = create_app(
         args.runs_root, base_checkpoint=args.base_checkpoint, device=str(pick_device(args.device)),
         precision=args.precision, max_upload_bytes=int(args.max_upload_mb * 2**20),

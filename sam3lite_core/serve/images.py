@@ -16,17 +16,14 @@ import numpy as np
 import PIL.Image
 
 from sam3lite_core.predictor import image_token
+from sam3lite_core.serve.errors import ServiceError
 
-DEFAULT_MAX_UPLOAD_BYTES = 32 * 2**20
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 2**20  # the backend's IMAGE_MAX_BYTES
 DEFAULT_CACHED_IMAGES = 64
 
 
-class ImageError(ValueError):
+class ImageError(ServiceError):
     """An image the service cannot use; `status` is the HTTP answer (400, 404 unknown token, 413 too large)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def decode_base64_image(data: str, max_bytes: int) -> np.ndarray:

@@ -23,22 +23,26 @@ from pathlib import Path
 import torch
 
 from sam3lite_core.predictor import Predictor
-from sam3lite_core.serve.schemas import ActiveModel, ModelEntry
+from sam3lite_core.serve.errors import ServiceError
+from sam3lite_core.serve.schemas import ActiveModel
 
 POINTER_NAME = "active_model.json"
 SEGMENTATION_UNSUPPORTED = (
     "enable_segmentation=true is not supported: sam3lite serves box-only SAM3 checkpoints (no mask head); "
     "activate with enable_segmentation false"
 )
+NO_BASE = (
+    "no base weights are configured, so there is nothing to go back to: start `sam3lite serve` with "
+    "--base-checkpoint PATH (or set SAM3_CHECKPOINT_PATH), or activate a run's checkpoint"
+)
 log = logging.getLogger(__name__)
 
 
-class ActivationError(ValueError):
-    """A refused activation; `status` is the HTTP status the service answers with."""
+class ActivationError(ServiceError):
+    """A refused activation: HTTP `status`, the backend's bare `code`, the sentence."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, message: str, status: int = 400, code: str = "sam3_checkpoint_path_invalid") -> None:
+        super().__init__(message, status, code)
 
 
 @dataclass
@@ -57,26 +61,6 @@ def read_pointer(path: Path) -> ActiveModel | None:
         return ActiveModel.model_validate_json(path.read_text())
     except FileNotFoundError:
         return None
-
-
-def model_entries(active: ActiveModel, base_checkpoint: Path | None, runs_root: Path) -> list[ModelEntry]:
-    """The backend's model listing: base entry, then the active custom checkpoint, then each run with
-    checkpoints (path = checkpoints/last.ckpt, else the newest .ckpt)."""
-    entries = [ModelEntry(id="Base SAM3", key="base", path=str(base_checkpoint) if base_checkpoint else None,
-                          active=active.source == "env", source="env")]
-    if active.source == "custom":
-        entries.append(ModelEntry(id=active.id, key=f"active:{active.checkpoint}", path=active.checkpoint,
-                                  active=True, source="custom"))
-    runs = sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
-    for run in runs:
-        checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not checkpoints:
-            continue
-        last = run / "checkpoints" / "last.ckpt"
-        path = last if last in checkpoints else checkpoints[-1]
-        entries.append(ModelEntry(id=run.name, path=str(path), size_bytes=path.stat().st_size, promoted=False,
-                                  active=False, run_path=str(run)))
-    return entries
 
 
 def write_pointer(path: Path, active: ActiveModel) -> None:
@@ -119,16 +103,13 @@ class ModelState:
             return self._serving
 
     def activate(self, checkpoint_path: str | None, label: str | None, enable_segmentation: bool | None) -> ActiveModel:
-        """Load, swap in and record a run's checkpoint (None: the base weights). Raises ActivationError."""
+        """Load, swap in and record a run's checkpoint; None or the base checkpoint's own path: the base weights
+        (source "env"). Raises ActivationError."""
         if enable_segmentation:
-            raise ActivationError(SEGMENTATION_UNSUPPORTED)
-        if checkpoint_path is None:
+            raise ActivationError(SEGMENTATION_UNSUPPORTED, code="sam3_segmentation_unsupported")
+        if checkpoint_path is None or self.is_base(checkpoint_path):
             if self.base_checkpoint is None:
-                raise ActivationError(
-                    "no base weights are configured, so there is nothing to go back to: start `sam3lite serve` "
-                    "with --base-checkpoint PATH (or set SAM3_CHECKPOINT_PATH), or activate a run's checkpoint",
-                    status=409,
-                )
+                raise ActivationError(NO_BASE, status=409, code="sam3_base_checkpoint_missing")
             path, active = self.base_checkpoint, self._base_description(label)
         else:
             path = self.resolve_checkpoint(checkpoint_path)
@@ -176,19 +157,37 @@ class ModelState:
             return False
         return True
 
+    def is_base(self, checkpoint_path: str) -> bool:
+        """Whether `checkpoint_path` names the configured base checkpoint (as given, or as an absolute path)."""
+        base = self.base_checkpoint
+        if base is None:
+            return False
+        return checkpoint_path == str(base) or Path(checkpoint_path).absolute() == base.absolute()
+
     def resolve_checkpoint(self, checkpoint_path: str) -> Path:
-        """The checkpoint as a regular, non-symlink file inside the runs root; ActivationError otherwise."""
+        """The checkpoint as a regular file inside the runs root, reached through no symlink; ActivationError
+        otherwise. Containment is decided on the path as written before anything is looked up, so a path outside
+        the root is 400 whether it exists or not, and 404 means a missing path inside it."""
         given = Path(checkpoint_path)
-        path = given if given.is_absolute() else self.runs_root / given
-        if not path.exists():
-            raise ActivationError(f"sam3_checkpoint_not_found: {checkpoint_path} does not exist", status=404)
-        resolved = path.resolve()
-        if path.is_symlink() or not resolved.is_file() or not resolved.is_relative_to(self.runs_root):
-            raise ActivationError(
-                f"sam3_checkpoint_path_invalid: {checkpoint_path} must be a regular file (not a symlink) inside "
-                f"the runs root {self.runs_root}, e.g. <run>/checkpoints/export.ckpt"
-            )
-        return resolved
+        path = Path(os.path.normpath(given if given.is_absolute() else self.runs_root / given))
+        invalid = ActivationError(
+            f"{checkpoint_path} must be a regular file (not a symlink) inside the runs root {self.runs_root}, "
+            "e.g. <run>/checkpoints/export.ckpt"
+        )
+        if not checkpoint_path or "\x00" in checkpoint_path or not path.is_relative_to(self.runs_root):
+            raise invalid
+        steps = path.relative_to(self.runs_root).parts
+        try:
+            linked = any(self.runs_root.joinpath(*steps[: i + 1]).is_symlink() for i in range(len(steps)))
+            exists, regular = path.exists(), path.is_file()
+        except OSError:  # a name too long for the file system, say
+            raise invalid from None
+        if linked or (exists and not regular):
+            raise invalid
+        if not exists:
+            raise ActivationError(f"{checkpoint_path} does not exist inside the runs root {self.runs_root}",
+                                  status=404, code="sam3_checkpoint_not_found")
+        return path
 
     def refresh(self) -> None:
         """Follow the pointer file when it changed since it was last read (written here or elsewhere)."""
@@ -240,9 +239,10 @@ class ModelState:
         try:
             return Predictor.from_checkpoint(path, device=self.device, precision=self.precision)
         except FileNotFoundError as exc:
-            raise ActivationError(f"sam3_checkpoint_not_found: {exc}", status=404) from exc
+            raise ActivationError(str(exc), status=404, code="sam3_checkpoint_not_found") from exc
         except ValueError as exc:
-            raise ActivationError(f"checkpoint {path} cannot be served: {exc}") from exc
+            raise ActivationError(f"checkpoint {path} cannot be served: {exc}",
+                                  code="sam3_checkpoint_invalid") from exc
 
     def _base_description(self, label: str | None = None) -> ActiveModel:
         if self.base_checkpoint is None:

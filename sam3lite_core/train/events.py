@@ -20,6 +20,7 @@ parses (reference/tator_contract.md section 2.5):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,23 +75,39 @@ def machine_lines(event: Event) -> list[str]:
     return [event.message]
 
 
+def _not_finite(values: dict[str, float]) -> str:
+    """' | not finite: a=nan, b=inf' for the values that are not finite, '' when all are. Worded so that none
+    of the backend's regexes reads a number out of it."""
+    bad = [f"{name}={value}" for name, value in values.items() if not math.isfinite(value)]
+    return f" | not finite: {', '.join(bad)}" if bad else ""
+
+
+def _train_line(data: dict[str, Any]) -> str:
+    """A non-finite loss leaves out the loss field (the backend's regex would drop the line); a non-finite
+    mean leaves out the `(mean)` part. The step itself always prints, so progress still moves."""
+    loss, mean = float(data["loss"]), float(data["loss_avg10"])
+    line = (f"Train Epoch: [{data['epoch'] - 1}][{data['batch']:>4}/{data['batches_per_epoch']}] | "
+            f"Batch Time: {data.get('step_time', 0.0):.2f} | LR: {data.get('lr', 0.0):.3e}")
+    if math.isfinite(loss):
+        line += f" | Losses/train_all_loss: {loss:.4f}" + (f" ({mean:.4f})" if math.isfinite(mean) else "")
+    return line + _not_finite({"loss": loss, "loss_mean10": mean})
+
+
 def upstream_lines(event: Event) -> list[str]:
-    """Upstream-trainer lines for the events that have one (train steps, val progress, val metrics)."""
+    """Upstream-trainer lines for the events that have one (train steps, val progress, val metrics). A value
+    that is not finite is left out of what the backend parses and named at the end of the line."""
     data = event.data
     if event.kind == "metric" and data.get("phase") == "train":
-        return [
-            f"Train Epoch: [{data['epoch'] - 1}][{data['batch']:>4}/{data['batches_per_epoch']}] | "
-            f"Batch Time: {data.get('step_time', 0.0):.2f} | LR: {data.get('lr', 0.0):.3e} | "
-            f"Losses/train_all_loss: {data['loss']:.4f} ({data['loss_avg10']:.4f})"
-        ]
+        return [_train_line(data)]
     if event.kind == "metric" and data.get("phase") == "val":
+        stats = {name: float(data[name]) for name in UPSTREAM_STATS if name in data}
         meters = [f"'Trainer/epoch': {data['epoch'] - 1}"]
         meters += [
-            f"'Meters_train/val/detection/coco_eval_bbox_{suffix}': np.float64({data[name]:.6f})"
-            for name, suffix in UPSTREAM_STATS.items()
-            if name in data
+            f"'Meters_train/val/detection/coco_eval_bbox_{UPSTREAM_STATS[name]}': np.float64({value:.6f})"
+            for name, value in stats.items()
+            if math.isfinite(value)
         ]
-        return ["Meters: {" + ", ".join(meters) + "}"]
+        return ["Meters: {" + ", ".join(meters) + "}" + _not_finite(stats)]
     if event.kind == "progress" and data.get("phase") == "val":
         return [f"Val Epoch: [{data['epoch'] - 1}][{data['val_step']:>4}/{data['val_total']}]"]
     return []

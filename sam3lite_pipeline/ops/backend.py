@@ -6,7 +6,11 @@ confirmation reads it back through the service's own `ModelState` (what a runnin
 and runs one inference with the model it loads.
 `tator`: the backend's HTTP API (`POST /sam3/models/activate`, `GET /sam3/models`, `POST /sam3/text_prompt`),
 which `sam3lite serve` implements too. Connection errors and 5xx answers are retried with exponential backoff;
-the bearer token is sent as a header and never appears in a message.
+the bearer token is sent as a header and never appears in a message. Any answer that is not what the backend
+gives (status, JSON, shape; an HTML error page) is a `BackendError` quoting it. A restore puts the previous
+model back with the `enable_segmentation` it had: the listing's value when the backend reports it, else the
+backend's default (on, for its base and for runs it trained itself), else off for a checkpoint our activation
+history shows we activated (we always activate box-only).
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ from typing import Any, Protocol
 
 import requests
 from PIL import Image
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from sam3lite_core.serve.listing import model_entries
 from sam3lite_core.serve.schemas import ActiveModel
-from sam3lite_core.serve.state import (
-    NO_MODEL, POINTER_NAME, ModelState, model_entries, read_pointer, write_pointer,
-)
+from sam3lite_core.serve.state import NO_MODEL, POINTER_NAME, ModelState, read_pointer, write_pointer
+from sam3lite_pipeline.ops.history import History
 from sam3lite_pipeline.resources import Backend
+
+ACTIVE_KEY = "active:"  # the backend's key of the active custom checkpoint's listing row
+BACKEND_SEGMENTATION_DEFAULT = True  # the backend's enable_segmentation when nobody said otherwise
+QUOTED = 500  # characters of an unexpected answer quoted in an error
 
 
 class BackendError(RuntimeError):
@@ -90,11 +99,12 @@ class LocalBackend:
 
 
 class TatorBackend:
-    def __init__(self, settings: Backend) -> None:
+    def __init__(self, settings: Backend, runs_root: Path | None = None) -> None:
         if not settings.url:
             raise BackendError("Backend.mode is 'tator' but Backend.url is not set (e.g. http://127.0.0.1:8000)")
         self.url = settings.url.rstrip("/")
         self.timeout = settings.timeout_s
+        self.history = History(runs_root) if runs_root is not None else None
         self.session = requests.Session()
         retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
                       status=settings.retries, backoff_factor=settings.backoff_s, allowed_methods=None,
@@ -105,22 +115,65 @@ class TatorBackend:
             self.session.headers["Authorization"] = f"Bearer {settings.token}"
 
     def current(self) -> ActiveModel | None:
-        for entry in self.list_models():
-            if str(entry.get("key", "")).startswith("active:"):
-                return ActiveModel(id=entry["id"], label=entry["id"], checkpoint=entry["path"], source="custom")
+        """The active model from the listing: the `active:` row (identified by its path when it has no `id`),
+        else the active base row (source "env"); None when neither is listed."""
+        rows = [row for row in self.list_models() if isinstance(row, dict)]
+        try:
+            return self._active(rows)
+        except (ValidationError, TypeError):
+            raise BackendError(f"GET {self.url}/sam3/models lists an active model this client cannot read: "
+                               f"{str(rows)[:QUOTED]}") from None
+
+    def _active(self, rows: list[dict[str, Any]]) -> ActiveModel | None:
+        for row in rows:
+            key = str(row.get("key") or "")
+            if key.startswith(ACTIVE_KEY):
+                checkpoint = row.get("path") or key[len(ACTIVE_KEY):]
+                name = str(row.get("id") or Path(checkpoint).parent.parent.name or checkpoint)
+                return ActiveModel(id=name, label=name, checkpoint=checkpoint, source="custom",
+                                   enable_segmentation=self._segmentation(row, checkpoint))
+        for row in rows:
+            if row.get("key") == "base" and row.get("active"):
+                name = str(row.get("id") or "Base SAM3")
+                return ActiveModel(id=name, label=name, checkpoint=row.get("path"), source="env",
+                                   enable_segmentation=self._segmentation(row, None))
         return None
+
+    def _segmentation(self, row: dict[str, Any], checkpoint: str | None) -> bool:
+        if isinstance(row.get("enable_segmentation"), bool):
+            return row["enable_segmentation"]
+        if checkpoint is not None and self.history is not None:
+            try:
+                ours = any(entry.checkpoint == checkpoint for entry in self.history.entries())
+            except ValueError:  # an unreadable history says nothing about who activated what
+                ours = False
+            if ours:
+                return False
+        return BACKEND_SEGMENTATION_DEFAULT
 
     def activate(self, checkpoint: Path, label: str) -> ActiveModel:
         body = {"checkpoint_path": str(checkpoint), "label": label, "enable_segmentation": False}
-        return ActiveModel.model_validate(self._call("POST", "/sam3/models/activate", json=body)["active"])
+        answer = self._call("POST", "/sam3/models/activate", json=body)
+        try:
+            return ActiveModel.model_validate(answer["active"])
+        except (KeyError, TypeError, ValidationError):
+            raise BackendError(f"POST {self.url}/sam3/models/activate answered {str(answer)[:QUOTED]!r}, not "
+                               "{'active': {id, label, checkpoint, source, ...}}") from None
 
     def restore(self, previous: ActiveModel | None) -> None:
-        body = {"checkpoint_path": previous.checkpoint if previous else None,
-                "label": previous.label if previous else None, "enable_segmentation": False}
+        """Put `previous` back (its base weights when it was the base); None: the base with the backend's own
+        default segmentation setting."""
+        custom = previous is not None and previous.source == "custom"
+        body = {"checkpoint_path": previous.checkpoint if custom else None,  # type: ignore[union-attr]
+                "label": previous.label if previous else None,
+                "enable_segmentation": previous.enable_segmentation if previous else None}
         self._call("POST", "/sam3/models/activate", json=body)
 
     def list_models(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/sam3/models")
+        rows = self._call("GET", "/sam3/models")
+        if not isinstance(rows, list):
+            raise BackendError(f"GET {self.url}/sam3/models answered {str(rows)[:QUOTED]!r}, not a list of models")
+        return rows
 
     def confirm(self, checkpoint: Path, image: Path, prompt: str) -> Confirmation:
         started = time.monotonic()
@@ -133,24 +186,37 @@ class TatorBackend:
         answer = self._call("POST", "/sam3/text_prompt", json={
             "image_base64": base64.b64encode(buffer.getvalue()).decode(), "text_prompt": prompt, "threshold": 0.5,
         })
-        detections = answer.get("detections", [])
-        return Confirmation(active.id, str(active.checkpoint), len(detections),
-                            max((d["score"] for d in detections), default=None), time.monotonic() - started)
+        detections = answer.get("detections") if isinstance(answer, dict) else None
+        if not isinstance(detections, list):
+            raise BackendError(f"POST {self.url}/sam3/text_prompt answered {str(answer)[:QUOTED]!r}, not "
+                               "{'detections': [...]}")
+        # A detection without a score (the backend's score is optional) is not a confirmed detection.
+        scores = [d["score"] for d in detections if isinstance(d, dict) and _is_number(d.get("score"))]
+        return Confirmation(active.id, str(active.checkpoint), len(scores), max(scores, default=None),
+                            time.monotonic() - started)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        where = f"{method} {self.url}{path}"
         try:
             response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise BackendError(f"{method} {self.url}{path}: the backend cannot be reached ({type(exc).__name__}); "
+            raise BackendError(f"{where}: the backend cannot be reached ({type(exc).__name__}); "
                                f"check Backend.url and that the service is running") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise BackendError(f"{method} {self.url}{path} answered {response.status_code}: {str(detail)[:500]}")
-        return response.json()
+            detail = answer.get("detail", answer) if isinstance(answer, dict) else response.text
+            raise BackendError(f"{where} answered {response.status_code}: {str(detail)[:QUOTED]}")
+        if answer is None:
+            raise BackendError(f"{where} answered {response.status_code} with no JSON: {response.text[:QUOTED]!r}")
+        return answer
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def backend_client(settings: Backend, runs_root: Path) -> BackendClient:
-    return TatorBackend(settings) if settings.mode == "tator" else LocalBackend(runs_root)
+    return TatorBackend(settings, runs_root) if settings.mode == "tator" else LocalBackend(runs_root)
