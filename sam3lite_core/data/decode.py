@@ -9,7 +9,8 @@
   float images convert as PIL converts them.
 - Budget: the pixel count is read from the header and checked against `max_pixels` before any pixel is decoded
   (a 1.8 KB PNG may declare 60000 x 60000), the same budget in every path: `DEFAULT_MAX_PIXELS` unless the
-  environment variable `SAM3LITE_MAX_PIXELS` or a `max_pixels` setting says otherwise.
+  environment variable `SAM3LITE_MAX_PIXELS` or a `max_pixels` setting says otherwise. PIL's own guard (over
+  179 MP) still refuses formats other than JPEG and PNG above it, whatever the budget.
 
 This module is free of torch (the scan and the conversion import it).
 """
@@ -19,11 +20,12 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sam3lite_core.data.images import UPRIGHT, orientation
+from sam3lite_core.data.images import UPRIGHT, declared_size, orientation
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000: room for windowed inference on large aerial images
 MAX_PIXELS_ENV = "SAM3LITE_MAX_PIXELS"
@@ -64,25 +66,31 @@ def over_budget(width: int, height: int, max_pixels: int) -> str:
 
 
 def _open(source: str | os.PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
-    """The opened (not yet decoded) image, checked against the budget from its header."""
+    """The opened (not yet decoded) image, checked against the budget from its header: read by us for JPEG and
+    PNG, by PIL for other formats (PIL's own guard, 179 MP, also stops what is over it)."""
     try:
-        with warnings.catch_warnings():
-            # Our budget replaces PIL's warning; PIL's own error (over twice its limit) still stops a bomb.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except FileNotFoundError:
         raise ImageDecodeError(f"{name}: the image file does not exist") from None
     except IsADirectoryError:
         raise ImageDecodeError(f"{name}: is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{name}: the image cannot be read ({exc.strerror})") from None
+    size = declared_size(data)
+    if size is not None and over_budget(*size, max_pixels):
+        raise ImageTooLarge(f"{name}: {over_budget(*size, max_pixels)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget decides, not PIL's warning
+            im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name}: over the decode budget ({exc}); downscale the image") from None
     # PIL raises many types on hostile bytes (OSError, SyntaxError, ValueError, ...): any means unusable.
     except Exception as exc:  # noqa: BLE001
         raise ImageDecodeError(f"{name}: the image cannot be decoded ({exc}); is it a PNG/JPEG file?") from None
-    reason = over_budget(*im.size, max_pixels)
-    if reason:
+    if over_budget(*im.size, max_pixels):
         im.close()
-        raise ImageTooLarge(f"{name}: {reason}")
+        raise ImageTooLarge(f"{name}: {over_budget(*im.size, max_pixels)}")
     return im
 
 

@@ -87,6 +87,13 @@ def _fast_header(data: bytes) -> tuple[str, int, int, int] | None:
     return None
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as stored, from the header of a JPEG or PNG without PIL (whose own bomb guard would
+    answer first); None for other formats."""
+    header = _fast_header(data)
+    return None if header is None else (header[1], header[2])
+
+
 def _tail_complete(data: bytes, fmt: str | None) -> bool | None:
     """True/False when the format's end marker says so; None when only a full decode can tell."""
     if fmt in ("JPEG", "MPO"):
