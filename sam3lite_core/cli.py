@@ -86,7 +86,7 @@ def _closed_stdout() -> int:
     try:
         # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from failing too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # no real file behind stdout (captured): nothing to flush at exit
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (captured): nothing to flush at exit
         pass
     return 141
 

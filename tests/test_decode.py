@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from data_builders import bomb_png
 
 from sam3lite_core.cli import main
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
@@ -35,16 +34,6 @@ def encoded(image: PIL.Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **options)
     return buf.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose header declares width x height (the IDAT holds one row: decoding would fail late
-    and allocate first)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():

@@ -53,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_and_print(args: argparse.Namespace) -> int:
+    from sam3lite_core.data.coco_json import read_coco
     from sam3lite_core.distributed import pick_device
     from sam3lite_core.eval.coco_eval import STAT_NAMES
     from sam3lite_core.eval.evaluate import evaluate
 
     coco_json, images_root = _split(args)
+    read_coco(coco_json)  # a malformed file is refused before the checkpoint loads
     result = evaluate(
         args.checkpoint, coco_json, images_root, batch_size=args.batch_size, num_workers=args.workers,
         max_dets=args.max_dets, amp=args.amp, device=pick_device(args.device), resolution=args.resolution,

@@ -84,7 +84,7 @@ class CocoQueryDataset(torch.utils.data.Dataset):
         self.categories = sorted(coco["categories"], key=lambda c: c["id"])
         self.prompts = _prompt_table(self.categories, self.settings.prompt_variants)
         self.image_ids = np.array([im["id"] for im in images], dtype=np.int64)
-        self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)  # [N, 2] (h, w)
+        self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64).reshape(-1, 2)  # (h, w)
         self.paths = [str(root / im["file_name"]) for im in images]
         index = {int(i): n for n, i in enumerate(self.image_ids)}
         crowdless = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]  # the vendor's FilterCrowds
