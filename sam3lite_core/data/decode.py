@@ -102,8 +102,9 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if im.mode in _PALETTE:
         im = im.convert("RGBA")  # palette transparency resolved through RGBA (PIL warns on P -> RGB)
-    im = im.convert(_PREMULTIPLIED.get(im.mode, im.mode))
-    return np.array(im.convert("RGB"))
+    if im.mode in _PREMULTIPLIED:  # PIL converts these to RGB only through their straight-alpha form
+        im = im.convert(_PREMULTIPLIED[im.mode])
+    return np.array(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def decode_rgb(
