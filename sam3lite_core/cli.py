@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
 from types import ModuleType
 
@@ -68,8 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints usage / the error and exits
         return 2
     parser = argparse.ArgumentParser(prog=f"sam3lite {name}", description=text)
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    try:
+        module.add_arguments(parser)  # defaults may come from the environment (SAM3LITE_MAX_PIXELS)
+    except ValueError as exc:
+        print(f"sam3lite {name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(parser.parse_args(rest)) or 0)
+    except BrokenPipeError:
+        return _closed_stdout()
+
+
+def _closed_stdout() -> int:
+    """The reader of our output went away (`sam3lite convert ... | head`): end quietly, as other command-line
+    tools do, with the status a shell reports for them (128 + SIGPIPE)."""
+    try:
+        # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (captured): nothing to flush at exit
+        pass
+    return 141
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,9 +22,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from sam3lite_core.batch import Batch
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
+from sam3lite_core.data.decode import pil_to_rgb
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
-from sam3lite_core.precision import amp_of_precision, autocast
 from sam3lite_core.model.sam3lite import ImageFeatures, Sam3Lite
+from sam3lite_core.precision import amp_of_precision, autocast
 
 ImageLike = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
 # A prompt is a text, or {"text": str, "boxes": [[x0, y0, x1, y1], ...] in pixels, "labels": [1 | 0, ...]}.
@@ -36,7 +37,7 @@ def preprocess_image(image: ImageLike, size: int) -> tuple[torch.Tensor, tuple[i
     """PIL image, uint8 [H, W, 3] (or [H, W]) array, or [3, H, W] tensor (uint8, or float in [0, 1])
     -> (model input float [3, size, size] in [-1, 1], original (height, width))."""
     if isinstance(image, PIL.Image.Image):
-        pixels = TF.pil_to_tensor(image.convert("RGB"))
+        pixels = torch.from_numpy(pil_to_rgb(image)).permute(2, 0, 1)  # the modes as the file decoder reads them
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise ValueError(

@@ -22,6 +22,7 @@ import torch
 from torchvision.ops import nms
 
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
+from sam3lite_core.data.decode import decode_rgb, pil_to_rgb
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
 from sam3lite_core.inference import ImageLike, PromptLike, detect, encode_images, preprocess_image
 from sam3lite_core.model.geometry_encoder import POINTS_UNSUPPORTED
@@ -82,19 +83,16 @@ def _best_per_window(scores: torch.Tensor, limit: int) -> torch.Tensor:
     return kept.scatter(-1, best.indices, best.values)
 
 
-def load_rgb(image: ImageInput) -> np.ndarray:
-    """A path, PIL image, uint8 [H, W, 3] / [H, W] array or [3, H, W] tensor -> uint8 [H, W, 3] RGB array."""
+def load_rgb(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
+    """A path, PIL image, uint8 [H, W, 3] / [H, W] array or [3, H, W] tensor -> uint8 [H, W, 3] RGB array.
+    A file goes through the one decoder (data/decode.py: upright, every mode, `max_pixels` budget)."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"image {path} does not exist")
-        try:
-            with PIL.Image.open(path) as opened:
-                return np.array(opened.convert("RGB"))
-        except (OSError, PIL.Image.DecompressionBombError) as exc:
-            raise ValueError(f"image {path} cannot be decoded ({exc}); is it a PNG/JPEG file?") from exc
+        return decode_rgb(path, max_pixels=max_pixels, name=f"image {path}")
     if isinstance(image, PIL.Image.Image):
-        return np.array(image.convert("RGB"))
+        return pil_to_rgb(image)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -13,6 +15,16 @@ def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", colour=(12
     buf = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buf, fmt)
     return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of a few bytes whose header declares width x height (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def noisy_jpeg(width: int = 160, height: int = 120) -> bytes:

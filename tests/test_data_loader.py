@@ -15,7 +15,8 @@ from sam3lite_core.batch import Batch
 from sam3lite_core.data.collator import collate
 from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 from sam3lite_core.data.dataset import CocoQueryDataset, LoaderSettings
-from sam3lite_core.data.images import inspect_image, load_rgb
+from sam3lite_core.data.decode import decode_rgb
+from sam3lite_core.data.images import inspect_image
 from sam3lite_core.data.synth import write_synth
 from sam3lite_core.data.transforms import build_transforms, train_sizes
 
@@ -167,7 +168,7 @@ def test_exif_orientation_is_applied_to_sizes_and_pixels(tmp_path):
     assert inspect_image(buf.getvalue()) == (20, 60, "")
     path = tmp_path / "rotated.jpg"
     path.write_bytes(buf.getvalue())
-    assert load_rgb(str(path)).size == (20, 60)
+    assert decode_rgb(str(path)).shape[1::-1] == (20, 60)
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
@@ -183,4 +184,4 @@ def test_header_sizes_match_pil_upright(tmp_path, fmt, options, orientation):
     assert inspect_image(buf.getvalue()) == (*upright.size, "")
     path = tmp_path / f"image.{fmt.lower()}"
     path.write_bytes(buf.getvalue())
-    assert load_rgb(str(path)).size == upright.size
+    assert decode_rgb(str(path)).shape[1::-1] == upright.size

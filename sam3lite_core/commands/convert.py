@@ -1,4 +1,4 @@
-"""`sam3lite convert DATASET_DIR --cache-dir DIR [--val-fraction F] [--seed S] [--json]`.
+"""`sam3lite convert DATASET_DIR --cache-dir DIR [--val-fraction F] [--seed S] [--max-pixels N] [--json]`.
 
 Validates the dataset, prints its scan report and writes (or reuses) the COCO train/val JSON in the cache.
 Exit status 0 on success, 1 when the dataset has a fatal problem (the report says what and what to do).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sam3lite_core.commands.errors import explain_errors, positive_int
 from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 from sam3lite_core.data.report import DatasetError
 
@@ -24,16 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of that split (default {defaults.seed})")
     parser.add_argument("--missing-labels", choices=("background", "skip"), default=defaults.missing_labels,
                         help="images without a label file: background images (default) or skipped")
+    parser.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels, metavar="N",
+                        help=f"decode budget: images over N pixels are skipped (default {defaults.max_pixels})")
+    parser.add_argument("--max-boxes-per-image", type=positive_int, default=defaults.max_boxes_per_image,
+                        metavar="N", help=f"boxes kept per image (default {defaults.max_boxes_per_image})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     parser.add_argument("--all-problems", action="store_true", help="list every problem in the text report")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = ConvertSettings(val_fraction=args.val_fraction, seed=args.seed, missing_labels=args.missing_labels)
+        settings = ConvertSettings(
+            val_fraction=args.val_fraction, seed=args.seed, missing_labels=args.missing_labels,
+            max_pixels=args.max_pixels, max_boxes_per_image=args.max_boxes_per_image,
+        )
     except ValueError as exc:
         print(f"sam3lite convert: invalid settings: {exc}")
         return 2
+    return explain_errors("sam3lite convert", lambda: _convert(args, settings))
+
+
+def _convert(args: argparse.Namespace, settings: ConvertSettings) -> int:
     lines_per_code = None if args.all_problems else 10
     try:
         result = convert_dataset(args.dataset_dir, args.cache_dir, settings)

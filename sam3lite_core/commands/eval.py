@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sam3lite_core.commands.errors import explain_errors
+from sam3lite_core.commands.errors import explain_errors, positive_int
+from sam3lite_core.data.decode import default_max_pixels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default="runs/.cache", metavar="DIR", help="where converted datasets are kept")
     parser.add_argument("--val-percent", type=float, default=0.2, help="val share for datasets without val/")
     parser.add_argument("--split-seed", type=int, default=42)
-    parser.add_argument("--resolution", type=int, help="input side in px (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--resolution", type=positive_int, help="input side in px (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
-    parser.add_argument("--max-dets", type=int, default=100, help="detections kept per image")
+    parser.add_argument("--max-dets", type=positive_int, default=100, help="detections kept per image")
+    parser.add_argument("--max-pixels", type=positive_int, default=default_max_pixels(), metavar="N",
+                        help="decode budget: images over N pixels are skipped in conversion and refused in loading")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     parser.add_argument("--no-ema", action="store_true", help="the trained weights even when EMA weights exist")
@@ -38,7 +41,7 @@ def _split(args: argparse.Namespace) -> tuple[str, str]:
         return str(source), args.images_root or str(source.parent)
     from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 
-    settings = ConvertSettings(val_fraction=args.val_percent, seed=args.split_seed)
+    settings = ConvertSettings(val_fraction=args.val_percent, seed=args.split_seed, max_pixels=args.max_pixels)
     result = convert_dataset(source, args.cache_dir, settings)
     if args.split == "val":
         return result.val_json, result.val_images_root
@@ -50,15 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_and_print(args: argparse.Namespace) -> int:
+    from sam3lite_core.data.coco_json import read_coco
     from sam3lite_core.distributed import pick_device
     from sam3lite_core.eval.coco_eval import STAT_NAMES
     from sam3lite_core.eval.evaluate import evaluate
 
     coco_json, images_root = _split(args)
+    read_coco(coco_json)  # a malformed file is refused before the checkpoint loads
     result = evaluate(
         args.checkpoint, coco_json, images_root, batch_size=args.batch_size, num_workers=args.workers,
         max_dets=args.max_dets, amp=args.amp, device=pick_device(args.device), resolution=args.resolution,
-        use_ema=not args.no_ema,
+        use_ema=not args.no_ema, max_pixels=args.max_pixels,
     )
     if args.json:
         print(json.dumps(result.to_dict()))

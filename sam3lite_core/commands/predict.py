@@ -11,7 +11,9 @@ a negative exemplar); together they are one prompt (text "visual"), the exemplar
 
 Prints one table row per kept detection, then the peak memory (resident set of this process; the CUDA peak too
 on a GPU). `--json OUT` writes every detection ("-" prints the JSON instead of the table); `--viz OUT_DIR` saves
-each image with its labelled boxes as OUT_DIR/<image stem>.png.
+each image with its labelled boxes as OUT_DIR/<image stem>.png. Boxes are clipped to the image. An image that
+cannot be read (or is over the `--max-pixels` decode budget) is reported on stderr and the others still get
+their output; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam3lite_core.commands.errors import explain_errors
+from sam3lite_core.commands.errors import explain_errors, positive_int, prompt_text
+from sam3lite_core.data.decode import default_max_pixels
+from sam3lite_core.data.outputs import check_writable_file, check_writable_folder
 
 if TYPE_CHECKING:
     from sam3lite_core.inference import PromptLike
@@ -34,7 +38,8 @@ EXEMPLAR_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="text prompt (repeatable)")
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", type=prompt_text,
+                        help="text prompt (repeatable)")
     parser.add_argument("--box", action="append", default=[], metavar="X,Y,W,H[:neg]",
                         help="exemplar box in pixels of the one image (repeatable; ':neg' = negative)")
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="our checkpoint or an upstream sam3.pt")
@@ -45,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--json", metavar="OUT", help="write the detections as JSON to OUT ('-' = stdout)")
     parser.add_argument("--viz", metavar="OUT_DIR", help="save each image with its boxes drawn into OUT_DIR")
+    parser.add_argument("--max-pixels", type=positive_int, default=default_max_pixels(), metavar="N",
+                        help="decode budget: an image over N pixels is reported and skipped")
     parser.add_argument("--tile", type=int, metavar="SIZE", help="run on overlapping SIZE px windows, then merge")
     parser.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
                         help="least fraction of a window its neighbours share (default 0.2)")
@@ -78,19 +85,18 @@ def _prompts(args: argparse.Namespace) -> list[PromptLike]:
     return [*args.prompt, {"text": EXEMPLAR_TEXT, "boxes": list(boxes), "labels": list(labels)}]
 
 
-def _records(images: list[str], results: list[list[list[Any]]]) -> list[dict[str, Any]]:
-    """One JSON-ready dict per image: {"image", "detections": [{prompt, score, box_xyxy, box_cxcywh}]}."""
-    return [
-        {
-            "image": image,
-            "detections": [
-                {"prompt": d.prompt, "score": round(d.score, 5), "box_xyxy": [round(v, 2) for v in d.box_xyxy],
-                 "box_cxcywh": [round(v, 5) for v in d.box_cxcywh]}
-                for per_prompt in per_image for d in per_prompt
-            ],
-        }
-        for image, per_image in zip(images, results)
-    ]
+def _record(image: str, per_image: list[list[Any]], size: tuple[int, int]) -> dict[str, Any]:
+    """The JSON-ready dict of one image: {"image", "detections": [{prompt, score, box_xyxy, box_cxcywh}]}, the
+    boxes clipped to the image of (height, width) pixels (as the service clips them)."""
+    height, width = size
+    detections = []
+    for d in (d for per_prompt in per_image for d in per_prompt):
+        x0, y0, x1, y1 = (min(max(v, 0.0), side) for v, side in zip(d.box_xyxy, (width, height, width, height)))
+        cxcywh = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+        detections.append({"prompt": d.prompt, "score": round(d.score, 5),
+                           "box_xyxy": [round(v, 2) for v in (x0, y0, x1, y1)],
+                           "box_cxcywh": [round(v, 5) for v in cxcywh]})
+    return {"image": image, "detections": detections}
 
 
 def _print_table(records: list[dict[str, Any]]) -> None:
@@ -103,13 +109,13 @@ def _print_table(records: list[dict[str, Any]]) -> None:
             print(f"{Path(record['image']).name:<28} {d['prompt'][:20]:<20} {d['score']:6.3f}  {box}")
 
 
-def _draw(image_path: str, detections: list[dict[str, Any]], out_dir: Path) -> Path:
+def _draw(image_path: str, pixels: Any, detections: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Save the decoded (upright) uint8 [H, W, 3] `pixels` with the detections drawn as OUT_DIR/<stem>.png."""
     from PIL import Image, ImageDraw
 
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
     prompts = list(dict.fromkeys(d["prompt"] for d in detections))
-    with Image.open(image_path) as opened:
-        canvas = opened.convert("RGB")
+    canvas = Image.fromarray(pixels)
     draw = ImageDraw.Draw(canvas)
     for d in detections:
         color = palette[prompts.index(d["prompt"]) % len(palette)]
@@ -137,20 +143,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from sam3lite_core.distributed import pick_device
-    from sam3lite_core.predictor import Predictor
+    from sam3lite_core.predictor import Predictor, load_rgb
     from sam3lite_core.tiling import TileSettings
 
     prompts = _prompts(args)
+    if args.json and args.json != "-":
+        check_writable_file(args.json, "--json")
+    if args.viz:
+        check_writable_folder(args.viz, "--viz")
     tile = None
     if args.tile is not None:
         tile = TileSettings(size=args.tile, overlap=args.tile_overlap, merge_iou=args.tile_merge_iou)
     device = str(pick_device(args.device))
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, precision=args.precision)
-    results = predictor.predict(
-        args.images, prompts, threshold=args.threshold, max_detections=args.max_detections,
-        nms_iou=args.nms_iou, tile=tile,
-    )
-    records = _records(args.images, results)
+    records, drawn, failed = [], [], 0
+    for image in args.images:  # one unreadable image is reported; the others still get their detections
+        try:
+            pixels = load_rgb(image, args.max_pixels)
+        except ValueError as exc:
+            print(f"sam3lite predict: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        found = predictor.predict(pixels, prompts, threshold=args.threshold, max_detections=args.max_detections,
+                                  nms_iou=args.nms_iou, tile=tile)[0]
+        records.append(_record(image, found, pixels.shape[:2]))
+        if args.viz:
+            drawn.append(_draw(image, pixels, records[-1]["detections"], Path(args.viz)))
     if args.json == "-":
         print(json.dumps(records, indent=2))
     else:
@@ -158,8 +176,9 @@ def _predict(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
             print(f"wrote {args.json}")
-    if args.viz:
-        for record in records:
-            print(f"drew {_draw(record['image'], record['detections'], Path(args.viz))}", file=sys.stderr)
+    for out in drawn:
+        print(f"drew {out}", file=sys.stderr)
+    if failed:
+        print(f"sam3lite predict: {failed} of {len(args.images)} images could not be read (above)", file=sys.stderr)
     print(_peak_memory(device), file=sys.stderr)
-    return 0
+    return 1 if failed else 0

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from sam3lite_core.data.files import InputFiles, collect_inputs
 from sam3lite_core.data.gcpause import paused_gc
 from sam3lite_core.data.layout import DatasetLayout, find_layout
+from sam3lite_core.data.outputs import check_writable_folder
 from sam3lite_core.data.report import DatasetError, ScanReport
 from sam3lite_core.data.scan import ImageRecord, ScanSettings, failed_report, scan_inputs
 from sam3lite_core.data.signature import FactsCache, signature_of
@@ -164,6 +165,7 @@ def _convert(inputs: InputFiles, cache_dir: Path, settings: ConvertSettings) -> 
         report = ScanReport.model_validate(manifest["report"]).model_copy(update={"root": str(layout.given_root)})
         return _result(layout, out_dir, manifest, report, hit=True)
 
+    check_writable_folder(cache_dir, "the cache folder (--cache-dir, cache_dir)")  # before the scan and the writes
     scan = scan_inputs(inputs, facts, settings, signature)
     facts.save()
     report = scan.report

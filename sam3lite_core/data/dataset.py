@@ -9,7 +9,6 @@ with more than `max_objects_per_query` boxes is dropped, as the vendor's FilterF
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision import tv_tensors
 
-from sam3lite_core.data.images import load_rgb
+from sam3lite_core.data.coco_json import read_coco
+from sam3lite_core.data.decode import decode_rgb
 from sam3lite_core.data.transforms import VENDOR_MIN_SCALE, build_transforms
 
 
@@ -39,6 +39,7 @@ class LoaderSettings(BaseModel):
         default=VENDOR_MIN_SCALE, gt=0.0, le=1.0,
         description="smallest train resize, share of the resolution (the rest of the canvas is padding)",
     )
+    max_pixels: int | None = Field(default=None, ge=1, description="decode budget; None = decode.default_max_pixels")
 
 
 @dataclass
@@ -77,13 +78,13 @@ class CocoQueryDataset(torch.utils.data.Dataset):
                  *, train: bool) -> None:
         self.settings = settings or LoaderSettings()
         self.train = train
-        coco = json.loads(Path(coco_json).read_text())
+        coco = read_coco(coco_json)
         root = Path(images_root)
         images = sorted(coco["images"], key=lambda im: im["id"])
         self.categories = sorted(coco["categories"], key=lambda c: c["id"])
         self.prompts = _prompt_table(self.categories, self.settings.prompt_variants)
         self.image_ids = np.array([im["id"] for im in images], dtype=np.int64)
-        self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)  # [N, 2] (h, w)
+        self.sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64).reshape(-1, 2)  # (h, w)
         self.paths = [str(root / im["file_name"]) for im in images]
         index = {int(i): n for n, i in enumerate(self.image_ids)}
         crowdless = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]  # the vendor's FilterCrowds
@@ -116,9 +117,9 @@ class CocoQueryDataset(torch.utils.data.Dataset):
         return options[int(torch.randint(len(options), ()))]
 
     def __getitem__(self, i: int) -> Sample:
-        picture = load_rgb(self.paths[i], min_side=self.settings.resolution)
-        width, height = picture.size
-        image = tv_tensors.Image(torch.from_numpy(np.array(picture)).permute(2, 0, 1))  # [3, h, w] uint8
+        pixels = decode_rgb(self.paths[i], max_pixels=self.settings.max_pixels, min_side=self.settings.resolution)
+        height, width = pixels.shape[:2]
+        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1))  # [3, h, w] uint8
         a, b = self.offsets[i], self.offsets[i + 1]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         boxes = tv_tensors.BoundingBoxes(

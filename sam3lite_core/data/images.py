@@ -1,4 +1,4 @@
-"""Image files: size and integrity from one read of the bytes, and decoding for training.
+"""Image files: size, orientation and integrity from one read of the bytes (decoding is decode.py).
 
 Sizes follow the EXIF orientation (JPEG, WebP; TIFF as PIL reads it), as browsers, annotation tools and
 Ultralytics show the image, so the labels and the decoded pixels agree on which side is the width. A file whose
@@ -14,7 +14,7 @@ import struct
 from PIL import Image, UnidentifiedImageError
 
 # EXIF orientation -> the transpose that shows the image upright (the table of PIL's ImageOps.exif_transpose).
-_UPRIGHT = {
+UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -31,7 +31,8 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _orientation(im: Image.Image) -> int:
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) that applies to an opened image: 1 for formats whose orientation we leave."""
     if im.format not in _EXIF_FORMATS:
         return 1
     return int(im.getexif().get(0x0112, 1) or 1)
@@ -86,6 +87,13 @@ def _fast_header(data: bytes) -> tuple[str, int, int, int] | None:
     return None
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as stored, from the header of a JPEG or PNG without PIL (whose own bomb guard would
+    answer first); None for other formats."""
+    header = _fast_header(data)
+    return None if header is None else (header[1], header[2])
+
+
 def _tail_complete(data: bytes, fmt: str | None) -> bool | None:
     """True/False when the format's end marker says so; None when only a full decode can tell."""
     if fmt in ("JPEG", "MPO"):
@@ -105,13 +113,13 @@ def inspect_image(data: bytes) -> tuple[int, int, str]:
     if header is None:
         try:
             im = Image.open(io.BytesIO(data))
-            header = (im.format, *im.size, _orientation(im))
+            header = (im.format, *im.size, orientation(im))
         except UnidentifiedImageError:
             return 0, 0, "not an image (unknown format or damaged header)"
         except Exception as exc:  # noqa: BLE001
             return 0, 0, f"unreadable image ({type(exc).__name__}: {exc})"
-    fmt, width, height, orientation = header
-    if orientation in (5, 6, 7, 8):
+    fmt, width, height, turn = header
+    if turn in (5, 6, 7, 8):
         width, height = height, width
     complete = _tail_complete(data, fmt)
     if complete is False:
@@ -125,18 +133,3 @@ def inspect_image(data: bytes) -> tuple[int, int, str]:
         return width, height, "image has no pixels"
     return width, height, ""
 
-
-def load_rgb(path: str, min_side: int | None = None) -> Image.Image:
-    """Decode `path` to upright RGB. JPEGs may decode at a reduced scale that still keeps both sides at least
-    `min_side` (DCT scaling: several times faster for large photos, before the resize that follows anyway).
-    Raises ValueError naming the file when it cannot be decoded."""
-    try:
-        im = Image.open(path)
-        orientation = _orientation(im)
-        if min_side is not None and im.format == "JPEG":
-            im.draft("RGB", (min_side, min_side))
-        im = im.convert("RGB")
-    except Exception as exc:  # noqa: BLE001  (see inspect_image)
-        raise ValueError(f"{path}: cannot decode image ({exc}); run `sam3lite convert` to re-scan the dataset") from exc
-    transpose = _UPRIGHT.get(orientation)
-    return im if transpose is None else im.transpose(transpose)

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sam3lite_core.data.boxcheck import DEFAULT_CLIP_TOLERANCE, Box, Issue, LabelFile
+from sam3lite_core.data.decode import default_max_pixels, over_budget
 from sam3lite_core.data.files import IMAGE_SUFFIXES, ImageInput, InputFiles, collect_inputs, suffix
 from sam3lite_core.data.gcpause import paused_gc
 from sam3lite_core.data.layout import DatasetLayout, SplitDirs, find_layout
@@ -23,6 +24,10 @@ from sam3lite_core.data.qwen import QwenEntry, entry_boxes, parse_annotations, r
 from sam3lite_core.data.report import Action, DatasetError, Problem, ScanCounts, ScanReport
 from sam3lite_core.data.signature import FactsCache, signature_of
 from sam3lite_core.data.yolo import check_class_names, decode_text, parse_label_lines, parse_labelmap
+
+# Far above any real annotation density (dense aerial scenes have a few thousand objects), far below a label file
+# that is not what it claims (1.4 M rows on one image: a concatenation, or the wrong file paired).
+DEFAULT_MAX_BOXES_PER_IMAGE = 10_000
 
 
 class ScanSettings(BaseModel):
@@ -36,6 +41,14 @@ class ScanSettings(BaseModel):
     clip_tolerance: float = Field(
         default=DEFAULT_CLIP_TOLERANCE, ge=0.0, le=0.5,
         description="boxes up to this far outside the image (normalised) are clipped; further out, dropped",
+    )
+    max_pixels: int = Field(
+        default_factory=default_max_pixels, ge=1,
+        description="decode budget: images declaring more pixels are skipped (default SAM3LITE_MAX_PIXELS or 100 MP)",
+    )
+    max_boxes_per_image: int = Field(
+        default=DEFAULT_MAX_BOXES_PER_IMAGE, ge=1,
+        description="boxes kept per image; the rows beyond are dropped with a problem naming the file",
     )
 
 
@@ -127,6 +140,10 @@ class _Scanner:
         if facts.error:
             self.skip(item.image.rel, "bad_image", facts.error)
             return
+        too_large = over_budget(facts.width, facts.height, self.settings.max_pixels)
+        if too_large:
+            self.skip(item.image.rel, "over_budget", too_large)
+            return
         try:
             parsed = self.labels(item, class_ids, facts.width, facts.height)
         except (UnicodeDecodeError, OSError) as exc:
@@ -142,6 +159,7 @@ class _Scanner:
             parsed = LabelFile()
         source = self.annotations.get(item.split.name) or (item.label.rel if item.label else item.image.rel)
         self.problems += _problems(source, parsed.issues)
+        self.cap_boxes(source, parsed)
         c.images += 1
         c.backgrounds += not parsed.boxes
         c.annotations_read += parsed.read
@@ -154,6 +172,19 @@ class _Scanner:
             c.boxes_per_class[box[0]] += 1
         name = self.file_name(item)
         self.records.append(ImageRecord(item.split, item.image.rel, name, facts.width, facts.height, parsed.boxes))
+
+    def cap_boxes(self, source: str, parsed: LabelFile) -> None:
+        """Keep the first `max_boxes_per_image` boxes; the rest are dropped, with one problem saying so."""
+        cap = self.settings.max_boxes_per_image
+        extra = len(parsed.boxes) - cap
+        if extra <= 0:
+            return
+        reason = (f"{len(parsed.boxes)} boxes on one image, over max_boxes_per_image={cap}; is it the right label "
+                  f"file? the first {cap} are kept")
+        self.note(source, "too_many_boxes", reason, "box dropped")
+        del parsed.boxes[cap:]
+        parsed.dropped += extra
+        parsed.clipped = min(parsed.clipped, cap)
 
     def note(self, file: str, code: str, reason: str, action: Action, line: int | None = None) -> None:
         self.problems.append(Problem(file=file, line=line, code=code, reason=reason, action=action))

@@ -7,7 +7,6 @@ faster-coco-eval gives the same 12 stats as pycocotools (upstream's evaluator) t
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+
+from sam3lite_core.data.coco_json import check_coco, read_coco
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,11 @@ class EvalResult:
 
 
 def load_coco(coco_gt: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """A COCO ground-truth dict from a JSON path, or a deep copy of a dict (the COCO API annotates in place)."""
+    """A checked COCO ground-truth dict from a JSON path, or a deep copy of a dict (the COCO API annotates in
+    place); CocoError (a ValueError naming the file and the first bad record) when it is not usable."""
     if isinstance(coco_gt, Mapping):
-        return copy.deepcopy(dict(coco_gt))
-    with open(coco_gt, encoding="utf-8") as handle:
-        return json.load(handle)
+        return check_coco(copy.deepcopy(dict(coco_gt)), "the ground truth")
+    return read_coco(coco_gt)
 
 
 def evaluate_predictions(

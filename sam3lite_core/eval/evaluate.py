@@ -51,18 +51,23 @@ def evaluate(
     resolution: int | None = None,
     use_ema: bool = True,
     prompt_variants: dict[str, Any] | None = None,
+    max_pixels: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> EvalResult:
     """COCO bbox metrics of the model on the images of `coco_json` (file_names relative to `images_root`).
 
     A checkpoint path is loaded with `load_model` onto `device` (default CPU); a model is evaluated where it
-    is, in eval mode, and put back in its previous mode. Raises ValueError for a split without images.
+    is, in eval mode, and put back in its previous mode. Images are decoded under `max_pixels` (default
+    data/decode.py `default_max_pixels`). Raises ValueError for a split without images or a malformed COCO JSON
+    (data/coco_json.py: the file and the first bad record).
     """
     if isinstance(model_or_checkpoint, nn.Module):
         model = unwrap(model_or_checkpoint)
     else:
         model = load_model(model_or_checkpoint, device or "cpu", resolution, use_ema)
-    settings = LoaderSettings(resolution=model.cfg.vision.image_size, prompt_variants=prompt_variants or {})
+    settings = LoaderSettings(
+        resolution=model.cfg.vision.image_size, prompt_variants=prompt_variants or {}, max_pixels=max_pixels
+    )
     dataset = CocoQueryDataset(coco_json, images_root, settings, train=False)
     if len(dataset) == 0:
         raise ValueError(f"{coco_json}: the split has no images to evaluate on")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from collections import OrderedDict
 
 import numpy as np
-import PIL.Image
 
+from sam3lite_core.data.decode import ImageDecodeError, ImageTooLarge, decode_rgb
 from sam3lite_core.predictor import image_token
 from sam3lite_core.serve.errors import ServiceError
 
@@ -37,9 +36,10 @@ def decode_base64_image(data: str, max_bytes: int) -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise ImageError(f"image_base64 is not valid base64 ({exc})") from exc
     try:
-        with PIL.Image.open(io.BytesIO(raw)) as opened:
-            return np.array(opened.convert("RGB"))
-    except (OSError, PIL.Image.DecompressionBombError, ValueError) as exc:
+        return decode_rgb(raw, name="image_base64")  # upright, every mode, the decode budget (data/decode.py)
+    except ImageTooLarge as exc:
+        raise ImageError(str(exc), 413) from exc
+    except ImageDecodeError as exc:
         raise ImageError(f"image_base64 is not a decodable image ({exc}); send a PNG or JPEG file") from exc
 
 

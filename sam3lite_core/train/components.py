@@ -12,6 +12,7 @@ from torch import nn
 
 from sam3lite_core.data.convert import ConvertResult, convert_dataset
 from sam3lite_core.data.layout import find_layout
+from sam3lite_core.data.outputs import check_writable_folder
 from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.model.config import PRESETS, ModelConfig
 from sam3lite_core.model.sam3lite import Sam3Lite, build_model
@@ -104,6 +105,7 @@ def _convert(cfg: TrainConfig) -> tuple[ConvertResult, Path, str]:
     if not cfg.dataset:
         raise ValueError("dataset: no dataset folder given; pass --dataset DIR or set dataset: in the config")
     dataset_id = find_layout(cfg.dataset).dataset_id
+    check_writable_folder(cfg.runs_root, "runs_root")  # before the conversion, not after it
     result = convert_dataset(cfg.dataset, cfg.cache_path(), convert_settings(cfg))
     run_dir = resolve_run_dir(cfg, dataset_id)
     return result, run_dir, dataset_id

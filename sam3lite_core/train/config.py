@@ -45,7 +45,8 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """One training run. Defaults are the backend's (upstream roboflow fine-tune) unless the comment says."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan: lr_scale=.inf or a nan weight would pass ge=0 and end in a non-finite abort steps later.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     # What to train, from what, and where the run goes.
     dataset: str | None = Field(default=None, description="YOLO/Qwen dataset folder (read only)")
@@ -180,6 +181,16 @@ class TrainConfig(BaseModel):
     def _local_only(cls, value: str | None) -> str | None:
         if value and "://" in value:
             raise ValueError(f"{value!r} is a URL; give a local file path (sam3lite downloads nothing)")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.startswith(".") or "/" in value or "\\" in value):
+            raise ValueError(
+                "must be a plain folder name inside runs_root (no '/', no leading '.' as in '..' or '.cache', "
+                "no absolute path), e.g. birds-v2"
+            )
         return value
 
     @field_validator("resolution")
