@@ -80,7 +80,10 @@ def child(tool: str, root: str, work: str) -> float:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, tool, root, work, str(Path(__file__).parent)],
-        check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     return float(proc.stdout.strip().splitlines()[-1])
 
@@ -103,14 +106,27 @@ def main() -> None:
             cache = tmp_path / f"cache{r}"
             ours.append(child("ours", str(root), str(cache)))
             hits.append(child("ours", str(root), str(cache)))
-            print(f"round {r + 1}: globox {baseline[-1]:.2f} s, sam3lite cold {ours[-1]:.2f} s, cache hit {hits[-1]:.3f} s")
+            print(
+                f"round {r + 1}: globox {baseline[-1]:.2f} s, sam3lite cold {ours[-1]:.2f} s, "
+                f"cache hit {hits[-1]:.3f} s"
+            )
         coco = json.loads(next((tmp_path / "cache0" / "coco").glob("*/manifest.json")).read_text())["counts"]
         print(f"sam3lite split: {coco}")
         o, b, h = statistics.median(ours), statistics.median(baseline), statistics.median(hits)
         print(f"median: globox {b:.2f} s, sam3lite cold {o:.2f} s ({b / o:.2f}x faster), cache hit {h:.3f} s")
         print("ratio = globox seconds / sam3lite cold seconds (goal >= 2); cache hit goal <= 1 s")
-        print("RESULT " + json.dumps({"bench": f"convert_{args.images}_images", "ours": round(o, 3), "baseline": round(b, 3),
-                                      "ratio": round(b / o, 2), "unit": "s"}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "bench": f"convert_{args.images}_images",
+                    "ours": round(o, 3),
+                    "baseline": round(b, 3),
+                    "ratio": round(b / o, 2),
+                    "unit": "s",
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

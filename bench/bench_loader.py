@@ -33,7 +33,9 @@ CLASSES = ("red circle", "blue square", "green triangle", "yellow star")
 
 def photo_like(rng: np.random.Generator, width: int = 1280, height: int = 720) -> Image.Image:
     yy, xx = np.mgrid[0:height, 0:width]
-    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1).astype(np.float32)
+    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1).astype(
+        np.float32
+    )
     for _ in range(30):
         x0, y0 = rng.integers(0, width - 100), rng.integers(0, height - 100)
         pixels[y0 : y0 + rng.integers(20, 300), x0 : x0 + rng.integers(20, 300)] = rng.integers(0, 255, 3)
@@ -48,8 +50,11 @@ def make_dataset(root: Path, images: int) -> None:
     (root / "labelmap.txt").write_text("".join(f"{c}\n" for c in CLASSES))
     for i in range(images):
         photo_like(rng).save(root / "images" / f"photo_{i:03d}.jpg", quality=90)
-        lines = [f"{rng.integers(len(CLASSES))} {rng.uniform(0.2, 0.8):.6f} {rng.uniform(0.2, 0.8):.6f} "
-                 f"{rng.uniform(0.02, 0.3):.6f} {rng.uniform(0.02, 0.3):.6f}\n" for _ in range(10)]
+        lines = [
+            f"{rng.integers(len(CLASSES))} {rng.uniform(0.2, 0.8):.6f} {rng.uniform(0.2, 0.8):.6f} "
+            f"{rng.uniform(0.02, 0.3):.6f} {rng.uniform(0.02, 0.3):.6f}\n"
+            for _ in range(10)
+        ]
         (root / "labels" / f"photo_{i:03d}.txt").write_text("".join(lines))
 
 
@@ -92,12 +97,27 @@ def main() -> None:
             ceiling.append(rate(lambda i: ceiling_sample(paths[i], args.resolution), len(paths), args.seconds))
             ours.append(rate(lambda i: train[i], len(train), args.seconds))
             ours_val.append(rate(lambda i: val[i], len(val), args.seconds))
-            print(f"round {r + 1}: ceiling {ceiling[-1]:.1f}/s, ours train {ours[-1]:.1f}/s, ours val {ours_val[-1]:.1f}/s")
+            print(
+                f"round {r + 1}: ceiling {ceiling[-1]:.1f}/s, ours train {ours[-1]:.1f}/s, "
+                f"ours val {ours_val[-1]:.1f}/s"
+            )
         c, o, v = statistics.median(ceiling), statistics.median(ours), statistics.median(ours_val)
-        print(f"median: ceiling {c:.1f} images/s, ours train {o:.1f} samples/s ({o / c:.2f}), val {v:.1f} ({v / c:.2f})")
+        print(
+            f"median: ceiling {c:.1f} images/s, ours train {o:.1f} samples/s ({o / c:.2f}), val {v:.1f} ({v / c:.2f})"
+        )
         print("ratio = ours (train samples/s, one worker) / ceiling (PIL decode + resize + normalise), goal >= 0.85")
-        print("RESULT " + json.dumps({"bench": f"loader_{args.resolution}px", "ours": round(o, 1), "baseline": round(c, 1),
-                                      "ratio": round(o / c, 2), "unit": "samples/s/worker"}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "bench": f"loader_{args.resolution}px",
+                    "ours": round(o, 1),
+                    "baseline": round(c, 1),
+                    "ratio": round(o / c, 2),
+                    "unit": "samples/s/worker",
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ import vendor_harness  # noqa: E402
 
 from sam3lite_core.batch import Batch  # noqa: E402
 from sam3lite_core.distributed import pick_device  # noqa: E402
-from sam3lite_core.model.config import PRESETS, resolve_config  # noqa: E402
-from sam3lite_core.precision import PRECISIONS, amp_of_precision, autocast  # noqa: E402
-from sam3lite_core.model.sam3lite import build_model  # noqa: E402
 from sam3lite_core.inference import preprocess_image  # noqa: E402
+from sam3lite_core.model.config import PRESETS, resolve_config  # noqa: E402
+from sam3lite_core.model.sam3lite import build_model  # noqa: E402
+from sam3lite_core.precision import PRECISIONS, amp_of_precision, autocast  # noqa: E402
 
 PROMPTS = ["a cat", "traffic light", "person riding a bicycle", "red car"]
 OUTPUT_KEYS = ("pred_logits", "pred_boxes", "presence_logit_dec")
@@ -164,9 +164,12 @@ def vendor_batch(images: torch.Tensor, prompts: list[str]):
     data_misc = importlib.import_module("sam3.model.data_misc")
     q, on = len(prompts), {"device": images.device}
     find = data_misc.FindStage(
-        img_ids=torch.zeros(q, dtype=torch.long, **on), text_ids=torch.arange(q, **on),
-        input_boxes=torch.zeros(0, q, 4, **on), input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
-        input_boxes_label=torch.zeros(0, q, dtype=torch.long, **on), input_points=torch.zeros(q, 0, 257, **on),
+        img_ids=torch.zeros(q, dtype=torch.long, **on),
+        text_ids=torch.arange(q, **on),
+        input_boxes=torch.zeros(0, q, 4, **on),
+        input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
+        input_boxes_label=torch.zeros(0, q, dtype=torch.long, **on),
+        input_points=torch.zeros(q, 0, 257, **on),
         input_points_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
     )
     return data_misc.BatchedDatapoint(
@@ -216,9 +219,26 @@ def child_main(args: argparse.Namespace) -> None:
 
 def run_child(side: str, args: argparse.Namespace, weights: Path, out: Path, precision: str = "fp32") -> dict:
     cmd = [
-        sys.executable, __file__, "--child", side, "--weights", str(weights), "--out", str(out),
-        "--preset", args.preset, "--resolution", str(args.resolution), "--threads", str(args.threads),
-        "--prompts", str(args.prompts), "--precision", precision, "--device", args.device,
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--preset",
+        args.preset,
+        "--resolution",
+        str(args.resolution),
+        "--threads",
+        str(args.threads),
+        "--prompts",
+        str(args.prompts),
+        "--precision",
+        precision,
+        "--device",
+        args.device,
     ]
     subprocess.run(cmd, check=True)
     return torch.load(out, weights_only=True)

@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from sam3lite_core.distributed import pick_device
-from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.inference import predict
+from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.predictor import Predictor
 
-PROMPTS = [f"{color} {shape}" for color in ("red", "blue", "green", "yellow", "white")
-           for shape in ("circle", "square", "triangle", "star")]
+PROMPTS = [
+    f"{color} {shape}"
+    for color in ("red", "blue", "green", "yellow", "white")
+    for shape in ("circle", "square", "triangle", "star")
+]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -46,8 +49,13 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "sam3"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
-    parser.add_argument("--singles", type=int, default=None, metavar="N",
-                        help="time N single-prompt calls and scale to K (for the sam3 preset on a CPU)")
+    parser.add_argument(
+        "--singles",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time N single-prompt calls and scale to K (for the sam3 preset on a CPU)",
+    )
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="both sides run on it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,12 +82,24 @@ def main() -> None:
         ours.append(timed(batched))
         base.append(timed(singles) * scale)
     o, b = statistics.median(ours), statistics.median(base)
-    print(f"{args.preset} preset, {size} px, K={len(PROMPTS)} prompts, {device}, {args.threads} threads, "
-          f"median of {args.rounds}")
+    print(
+        f"{args.preset} preset, {size} px, K={len(PROMPTS)} prompts, {device}, {args.threads} threads, "
+        f"median of {args.rounds}"
+    )
     measured = f" ({len(timed_singles)} timed, scaled x{scale:g})" if scale != 1 else ""
     print(f"  batched (chunks of 16): {o:.3f} s   single calls{measured}: {b:.3f} s   speed-up {b / o:.2f}x")
-    print("RESULT " + json.dumps({"bench": f"predict_k{len(PROMPTS)}_{args.preset}", "ours": round(o, 4),
-                                  "baseline": round(b, 4), "ratio": round(b / o, 2), "unit": "s"}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bench": f"predict_k{len(PROMPTS)}_{args.preset}",
+                "ours": round(o, 4),
+                "baseline": round(b, 4),
+                "ratio": round(b / o, 2),
+                "unit": "s",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

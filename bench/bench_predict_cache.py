@@ -49,8 +49,18 @@ def main() -> None:
     c, o = statistics.median(cold), statistics.median(cached)
     print(f"{args.preset} preset, {size} px, {args.threads} threads, median of {args.rounds}")
     print(f"  cached image token + prompt: {o:.4f} s   cold: {c:.4f} s   speed-up {c / o:.2f}x")
-    print("RESULT " + json.dumps({"bench": f"predict_cached_image_{args.preset}", "ours": round(o, 4),
-                                  "baseline": round(c, 4), "ratio": round(c / o, 2), "unit": "s"}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bench": f"predict_cached_image_{args.preset}",
+                "ours": round(o, 4),
+                "baseline": round(c, 4),
+                "ratio": round(c / o, 2),
+                "unit": "s",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

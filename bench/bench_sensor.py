@@ -42,8 +42,9 @@ def main() -> None:
 
         def tick(cursor: str | None) -> tuple[float, dg.SensorResult]:
             started = time.perf_counter()
-            result = dataset_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                            resources={"storage": storage}))
+            result = dataset_sensor(
+                dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
+            )
             return time.perf_counter() - started, result
 
         first_s, first = tick(None)
@@ -55,11 +56,23 @@ def main() -> None:
         for folder in sorted(root.iterdir()):
             dataset_signature(folder)
         naive_s = time.perf_counter() - started
-    print(f"{args.datasets} datasets x {args.images} images: first tick {first_s:.2f} s, settling tick "
-          f"{settle_s:.2f} s ({len(settled.run_requests)} run requests, signed within the "
-          f"budget), steady tick {steady_s:.2f} s, tick after an edit {edit_s:.2f} s; naive tick {naive_s:.2f} s")
-    print("RESULT " + json.dumps({"bench": "sensor_tick", "ours": round(steady_s, 3), "baseline": round(naive_s, 3),
-                                  "ratio": round(steady_s / naive_s, 4), "unit": "s"}))
+    print(
+        f"{args.datasets} datasets x {args.images} images: first tick {first_s:.2f} s, settling tick "
+        f"{settle_s:.2f} s ({len(settled.run_requests)} run requests, signed within the "
+        f"budget), steady tick {steady_s:.2f} s, tick after an edit {edit_s:.2f} s; naive tick {naive_s:.2f} s"
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bench": "sensor_tick",
+                "ours": round(steady_s, 3),
+                "baseline": round(naive_s, 3),
+                "ratio": round(steady_s / naive_s, 4),
+                "unit": "s",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

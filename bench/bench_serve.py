@@ -32,9 +32,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.predictor import Predictor
+from sam3lite_core.weights import save_checkpoint
 
 PROMPTS = ["red circle", "blue square", "green triangle", "yellow star"]
 
@@ -44,9 +44,23 @@ def start_server(runs: Path, threads: int) -> tuple[subprocess.Popen, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen([sys.executable, "-m", "sam3lite_core.cli", "serve", "--runs-root", str(runs),
-                                "--port", str(port), "--device", "cpu"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sam3lite_core.cli",
+            "serve",
+            "--runs-root",
+            str(runs),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -97,13 +111,21 @@ def main() -> None:
         process, url = start_server(Path(tmp), args.threads)
         try:
             httpx.post(f"{url}/sam3/models/activate", json={"checkpoint_path": str(checkpoint)}).raise_for_status()
-            first = httpx.post(f"{url}/sam3/text_prompt", timeout=60, json={
-                "image_base64": base64.b64encode(buffer.getvalue()).decode(), "text_prompt": PROMPTS[0]})
+            first = httpx.post(
+                f"{url}/sam3/text_prompt",
+                timeout=60,
+                json={"image_base64": base64.b64encode(buffer.getvalue()).decode(), "text_prompt": PROMPTS[0]},
+            )
             token = first.json()["image_token"]
             requests_per_second(url, token, 1, 1.0)  # warm-up: every prompt's text features, kernels
             # Alternating short rounds, medians: the machine is shared, and its load drifts.
-            rounds = [(requests_per_second(url, token, 1, args.seconds / 3),
-                       requests_per_second(url, token, 4, args.seconds / 3)) for _ in range(3)]
+            rounds = [
+                (
+                    requests_per_second(url, token, 1, args.seconds / 3),
+                    requests_per_second(url, token, 4, args.seconds / 3),
+                )
+                for _ in range(3)
+            ]
             baseline = statistics.median(one for one, _ in rounds)
             ours = statistics.median(four for _, four in rounds)
         finally:
@@ -119,9 +141,18 @@ def main() -> None:
     in_process = calls / (time.perf_counter() - start)
     print(f"{args.preset} preset, {size} px, {args.threads} server threads, {args.seconds:.0f} s each")
     print(f"  4 clients: {ours:.1f} req/s   1 client: {baseline:.1f} req/s   in-process calls: {in_process:.1f}/s")
-    print("RESULT " + json.dumps({"bench": f"serve_text_prompt_4_clients_{args.preset}", "ours": round(ours, 2),
-                                  "baseline": round(baseline, 2), "ratio": round(ours / baseline, 2),
-                                  "unit": "requests/s"}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bench": f"serve_text_prompt_4_clients_{args.preset}",
+                "ours": round(ours, 2),
+                "baseline": round(baseline, 2),
+                "ratio": round(ours / baseline, 2),
+                "unit": "requests/s",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

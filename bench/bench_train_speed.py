@@ -41,10 +41,10 @@ import vendor_harness  # noqa: E402
 
 from sam3lite_core.batch import Batch  # noqa: E402
 from sam3lite_core.data.synth import write_synth  # noqa: E402
-from sam3lite_core.train.components import build_components  # noqa: E402
-from sam3lite_core.train.config import TrainConfig  # noqa: E402
 from sam3lite_core.distributed import init_distributed, pick_device  # noqa: E402
 from sam3lite_core.precision import autocast, resolve_amp  # noqa: E402
+from sam3lite_core.train.components import build_components  # noqa: E402
+from sam3lite_core.train.config import TrainConfig  # noqa: E402
 from sam3lite_core.train.loop import train_step  # noqa: E402
 
 
@@ -83,39 +83,64 @@ def vendor_step(model_cfg, batch: Batch, device: torch.device):
     loss_fns.triton_sigmoid_focal_loss_reduce = focal_reduce_in_torch
     model = vendor_detector.randomize_(vendor_detector.image_model(model_cfg), seed=0).to(device).train()
     matcher_cls = vendor_harness.vendor_class("sam3.train.matcher", "BinaryHungarianMatcherV2")
-    model.matcher = matcher_cls(focal=True, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2,
-                                stable=False)
+    model.matcher = matcher_cls(
+        focal=True, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2, stable=False
+    )
     wrapper = vendor_harness.vendor_class("sam3.train.loss.sam3_loss", "Sam3LossWrapper")(
         loss_fns_find=[
             loss_fns.Boxes(weight_dict={"loss_bbox": 5.0, "loss_giou": 2.0}),
-            loss_fns.IABCEMdetr(weak_loss=False, weight_dict={"loss_ce": 20.0, "presence_loss": 20.0},
-                                pos_weight=10.0, alpha=0.25, gamma=2, use_presence=True, pos_focal=False,
-                                pad_n_queries=200, pad_scale_pos=1.0),
+            loss_fns.IABCEMdetr(
+                weak_loss=False,
+                weight_dict={"loss_ce": 20.0, "presence_loss": 20.0},
+                pos_weight=10.0,
+                alpha=0.25,
+                gamma=2,
+                use_presence=True,
+                pos_focal=False,
+                pad_n_queries=200,
+                pad_scale_pos=1.0,
+            ),
         ],
-        normalization="local", matcher=model.matcher,
+        normalization="local",
+        matcher=model.matcher,
         o2m_matcher=vendor_harness.vendor_class("sam3.train.matcher", "BinaryOneToManyMatcher")(
-            alpha=0.3, threshold=0.4, topk=4),
-        o2m_weight=2.0, use_o2m_matcher_on_o2m_aux=False, scale_by_find_batch_size=True,
+            alpha=0.3, threshold=0.4, topk=4
+        ),
+        o2m_weight=2.0,
+        use_o2m_matcher_on_o2m_aux=False,
+        scale_by_find_batch_size=True,
     )
     batch = batch.to(device)
     q, on = batch.num_queries, {"device": device}
     valid = torch.arange(batch.target_boxes.shape[1], **on) < batch.num_boxes[:, None]
     object_ids = torch.where(valid, torch.arange(valid.numel(), **on).view_as(valid), -1)
     target = data_misc.BatchedFindTarget(
-        num_boxes=batch.num_boxes, boxes=batch.target_boxes[valid], boxes_padded=batch.target_boxes,
-        repeated_boxes=None, segments=None, semantic_segments=None, is_valid_segment=None,
-        is_exhaustive=torch.ones(q, dtype=torch.bool, **on), object_ids=object_ids[valid],
+        num_boxes=batch.num_boxes,
+        boxes=batch.target_boxes[valid],
+        boxes_padded=batch.target_boxes,
+        repeated_boxes=None,
+        segments=None,
+        semantic_segments=None,
+        is_valid_segment=None,
+        is_exhaustive=torch.ones(q, dtype=torch.bool, **on),
+        object_ids=object_ids[valid],
         object_ids_padded=object_ids,
     )
     find = data_misc.FindStage(
-        img_ids=batch.img_ids, text_ids=batch.prompt_ids, input_boxes=torch.zeros(0, q, 4, **on),
+        img_ids=batch.img_ids,
+        text_ids=batch.prompt_ids,
+        input_boxes=torch.zeros(0, q, 4, **on),
         input_boxes_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
         input_boxes_label=torch.zeros(0, q, dtype=torch.long, **on),
-        input_points=torch.zeros(q, 0, 257, **on), input_points_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
+        input_points=torch.zeros(q, 0, 257, **on),
+        input_points_mask=torch.zeros(q, 0, dtype=torch.bool, **on),
     )
     datapoint = data_misc.BatchedDatapoint(
-        img_batch=batch.images, find_text_batch=batch.prompts, find_inputs=[find],
-        find_targets=[target], find_metadatas=[None],
+        img_batch=batch.images,
+        find_text_batch=batch.prompts,
+        find_inputs=[find],
+        find_targets=[target],
+        find_metadatas=[None],
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     amp = resolve_amp("auto", device)
@@ -162,30 +187,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sam3lite-speed-") as tmp:
         dataset = Path(tmp) / "synth"
         write_synth(dataset, images=max(2 * args.batch_size, 10), seed=0)
-        base = {"dataset": str(dataset), "runs_root": f"{tmp}/runs", "preset": args.preset,
-                "resolution": args.resolution, "train_batch_size": args.batch_size, "num_train_workers": 0,
-                "max_epochs": 1000, "lr_scale": 1.0, "hflip_prob": 0.0, "device": args.device}
+        base = {
+            "dataset": str(dataset),
+            "runs_root": f"{tmp}/runs",
+            "preset": args.preset,
+            "resolution": args.resolution,
+            "train_batch_size": args.batch_size,
+            "num_train_workers": 0,
+            "max_epochs": 1000,
+            "lr_scale": 1.0,
+            "hflip_prob": 0.0,
+            "device": args.device,
+        }
         for name, extra in (("ours", {}), ("ours_act_ckpt", {"activation_checkpointing": True})):
             reset_peak_memory(device)
             step, batch, components = ours(TrainConfig.parse(base | extra))
             times = timed(step, args.warmup, args.steps)
             results[name] = args.batch_size / statistics.median(times)
-            print(f"{name}: {results[name]:.2f} images/s (median step {statistics.median(times):.3f} s, "
-                  f"{batch.num_queries} queries), peak memory {peak_memory_mb(device):.0f} MB", flush=True)
+            print(
+                f"{name}: {results[name]:.2f} images/s (median step {statistics.median(times):.3f} s, "
+                f"{batch.num_queries} queries), peak memory {peak_memory_mb(device):.0f} MB",
+                flush=True,
+            )
             model_cfg = components.model.cfg
             del components, step
         reset_peak_memory(device)
         vendor = vendor_step(model_cfg, batch, device)
         times = timed(vendor, args.warmup, args.steps)
         results["vendor"] = args.batch_size / statistics.median(times)
-        print(f"vendor: {results['vendor']:.2f} images/s (median step {statistics.median(times):.3f} s), "
-              f"peak memory {peak_memory_mb(device):.0f} MB", flush=True)
-    print("RESULT " + json.dumps({
-        "bench": "train_speed", "ours": round(results["ours"], 3), "baseline": round(results["vendor"], 3),
-        "ratio": round(results["ours"] / results["vendor"], 3), "unit": f"training images/s ({args.preset}, "
-        f"{model_cfg.vision.image_size} px, batch {args.batch_size}, {device.type})",
-        "ours_act_ckpt": round(results["ours_act_ckpt"], 3),
-    }))
+        print(
+            f"vendor: {results['vendor']:.2f} images/s (median step {statistics.median(times):.3f} s), "
+            f"peak memory {peak_memory_mb(device):.0f} MB",
+            flush=True,
+        )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bench": "train_speed",
+                "ours": round(results["ours"], 3),
+                "baseline": round(results["vendor"], 3),
+                "ratio": round(results["ours"] / results["vendor"], 3),
+                "unit": f"training images/s ({args.preset}, "
+                f"{model_cfg.vision.image_size} px, batch {args.batch_size}, {device.type})",
+                "ours_act_ckpt": round(results["ours_act_ckpt"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

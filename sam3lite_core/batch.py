@@ -71,6 +71,7 @@ class Batch:
         return self._map_tensors(torch.Tensor.pin_memory)
 
     def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
-        return replace(self, **{
-            f.name: fn(value) for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)
-        })
+        return replace(
+            self,
+            **{f.name: fn(value) for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)},
+        )

@@ -90,5 +90,6 @@ def _closed_stdout() -> int:
         pass
     return 141
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -46,7 +46,7 @@ class DistInfo:
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this process's GPU (local rank i takes GPU i) when CUDA is available, else the CPU; "cuda"
+    """ "auto" -> this process's GPU (local rank i takes GPU i) when CUDA is available, else the CPU; "cuda"
     without CUDA, or a local rank beyond the visible GPUs, is a ValueError that says what to do.
 
     Choosing a GPU also allows TF32 for its fp32 matmuls and convolutions (PyTorch leaves matmuls at full fp32):
@@ -219,6 +219,10 @@ def launch_command(launch: LaunchSettings, target: list[str]) -> list[str]:
     if launch.nnodes == 1:
         command.append("--standalone")
     else:
-        command += [f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
-                    f"--master-addr={launch.master_addr}", f"--master-port={launch.master_port}"]
+        command += [
+            f"--nnodes={launch.nnodes}",
+            f"--node-rank={launch.node_rank}",
+            f"--master-addr={launch.master_addr}",
+            f"--master-port={launch.master_port}",
+        ]
     return command + target

@@ -137,7 +137,11 @@ def encode_images(model: Sam3Lite, images: torch.Tensor, *, precision: str = "fp
 
 
 def detect(
-    model: Sam3Lite, features: ImageFeatures, prompts: Sequence[PromptLike], frames: torch.Tensor, *,
+    model: Sam3Lite,
+    features: ImageFeatures,
+    prompts: Sequence[PromptLike],
+    frames: torch.Tensor,
+    *,
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground K prompts in each of the B encoded frames (float [B, 4], x0, y0, x1, y1 px, see `prompt_batch`),

@@ -196,15 +196,24 @@ class Predictor:
                 per_prompt = list(zip(boxes[0], scores[0]))
             else:
                 per_prompt = merge_windows(boxes, scores, windows, tile.merge_iou, min_score=threshold)
-            results.append([
-                self._select(b, s, text, (height, width), threshold, max_detections, nms_iou)
-                for (b, s), text in zip(per_prompt, texts)
-            ])
+            results.append(
+                [
+                    self._select(b, s, text, (height, width), threshold, max_detections, nms_iou)
+                    for (b, s), text in zip(per_prompt, texts)
+                ]
+            )
         return results
 
     def predict_windowed(
-        self, image: ImageInput, prompts: Sequence[str], tile: TileSettings, *, threshold: float = 0.0,
-        per_window: int | None = None, max_detections: int | None = None, chunk_size: int = 16,
+        self,
+        image: ImageInput,
+        prompts: Sequence[str],
+        tile: TileSettings,
+        *,
+        threshold: float = 0.0,
+        per_window: int | None = None,
+        max_detections: int | None = None,
+        chunk_size: int = 16,
     ) -> list[WindowedAnswer]:
         """One image through `tile`'s windows: per text prompt, its detections and the merge's counts.
 
@@ -227,8 +236,9 @@ class Predictor:
         raw = (scores >= threshold).sum(dim=(0, 2)).tolist()  # [K]
         merged = merge_windows(boxes, scores, windows, tile.merge_iou, min_score=threshold)
         return [
-            WindowedAnswer(self._select(b, s, text, (height, width), threshold, max_detections, None), windows,
-                           int(count), len(s))
+            WindowedAnswer(
+                self._select(b, s, text, (height, width), threshold, max_detections, None), windows, int(count), len(s)
+            )
             for (b, s), text, count in zip(merged, texts, raw)
         ]
 
@@ -241,8 +251,10 @@ class Predictor:
         key = (image_token(pixels), tuple(map(tuple, windows.tolist())))
         features = self.features.get_or_compute(key, lambda: self._encode(pixels, windows))
         step = max(1, chunk_size // len(windows))
-        chunks = [detect(self.model, features, prompts[i : i + step], windows, precision=self.precision)
-                  for i in range(0, len(prompts), step)]
+        chunks = [
+            detect(self.model, features, prompts[i : i + step], windows, precision=self.precision)
+            for i in range(0, len(prompts), step)
+        ]
         return torch.cat([b for b, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
 
     def _encode(self, pixels: np.ndarray, windows: torch.Tensor) -> ImageFeatures:
@@ -264,8 +276,13 @@ class Predictor:
 
     @staticmethod
     def _select(
-        boxes: torch.Tensor, scores: torch.Tensor, text: str, size: tuple[int, int], threshold: float,
-        max_detections: int | None, nms_iou: float | None,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        text: str,
+        size: tuple[int, int],
+        threshold: float,
+        max_detections: int | None,
+        nms_iou: float | None,
     ) -> list[Detection]:
         """boxes [Nq, 4] xyxy px, scores [Nq] -> the kept detections, best first."""
         keep = scores >= threshold

@@ -105,8 +105,10 @@ def _touches_inner_edge(boxes: torch.Tensor, windows: torch.Tensor) -> torch.Ten
     x0, y0, x1, y1 = (boxes[:, None, i] for i in range(4))  # [N, 1] each
     wx0, wy0, wx1, wy1 = windows.unbind(dim=1)  # [T] each
     return (
-        ((wx0 > 0) & (x0 <= wx0 + margin)) | ((wy0 > 0) & (y0 <= wy0 + margin))
-        | ((wx1 < width) & (x1 >= wx1 - margin)) | ((wy1 < height) & (y1 >= wy1 - margin))
+        ((wx0 > 0) & (x0 <= wx0 + margin))
+        | ((wy0 > 0) & (y0 <= wy0 + margin))
+        | ((wx1 < width) & (x1 >= wx1 - margin))
+        | ((wy1 < height) & (y1 >= wy1 - margin))
     )
 
 
@@ -128,7 +130,11 @@ def drop_cut_views(boxes: torch.Tensor, window_ids: torch.Tensor, windows: torch
 
 
 def merge_windows(
-    boxes: torch.Tensor, scores: torch.Tensor, windows: torch.Tensor, merge_iou: float, min_score: float = 0.0,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    windows: torch.Tensor,
+    merge_iou: float,
+    min_score: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Detections of K prompts in T windows -> per prompt, the merged (boxes [M, 4], scores [M]), best first.
 

@@ -30,8 +30,8 @@ from torch import nn
 from sam3lite_core.distributed import unwrap
 from sam3lite_core.model.backbone import Backbone
 from sam3lite_core.model.config import PRESETS, ModelConfig
-from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.model.rope import block_rope
+from sam3lite_core.model.sam3lite import Sam3Lite, build_model
 from sam3lite_core.model.vit import ViT
 
 FORMAT = "sam3lite/1"
@@ -99,7 +99,10 @@ def checkpoint_model_config(checkpoint: Mapping[str, Any]) -> ModelConfig | None
 
 
 def load_model(
-    checkpoint: PathLike, device: torch.device | str = "cpu", resolution: int | None = None, use_ema: bool = True,
+    checkpoint: PathLike,
+    device: torch.device | str = "cpu",
+    resolution: int | None = None,
+    use_ema: bool = True,
 ) -> Sam3Lite:
     """A model in eval mode, rebuilt from one of our checkpoints (its saved config; EMA weights when present and
     `use_ema`), or the sam3 preset for an upstream file (sam3.pt, trainer checkpoints)."""

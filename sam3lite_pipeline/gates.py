@@ -68,7 +68,11 @@ class Baseline:
 
 
 def incumbent_baseline(
-    incumbent: Activation | None, candidate: str, candidate_value: float, val_set: str, metric: str,
+    incumbent: Activation | None,
+    candidate: str,
+    candidate_value: float,
+    val_set: str,
+    metric: str,
     reevaluate: Callable[[str], float],
 ) -> Baseline:
     """The incumbent's `metric` on `val_set`: the number recorded at its activation when it was measured on this
@@ -104,8 +108,14 @@ def judge(value: float, baseline: float | None, floor: float, tolerance: float) 
 
 
 def activation_target(
-    dataset_id: str, history: History, *, rollback: bool, checkpoint: str | None, label: str | None,
-    run_id: str | None, latest_evaluation: Callable[[], Mapping[str, Any]],
+    dataset_id: str,
+    history: History,
+    *,
+    rollback: bool,
+    checkpoint: str | None,
+    label: str | None,
+    run_id: str | None,
+    latest_evaluation: Callable[[], Mapping[str, Any]],
 ) -> Activation:
     """The history entry of the activation to perform: a rollback to the previous incumbent, else the
     checkpoint asked for ("manual", no gates), else the latest evaluation's candidate when it passed the gates.
@@ -114,23 +124,45 @@ def activation_target(
         target = history.rollback_target(dataset_id)
         if target is None:
             raise GateRefused(f"dataset {dataset_id!r} has no previous incumbent to roll back to")
-        entry = Activation(dataset=dataset_id, action="rollback", checkpoint=target.checkpoint, label=target.label,
-                           metric=target.metric, value=target.value, metrics=target.metrics, val_set=target.val_set)
+        entry = Activation(
+            dataset=dataset_id,
+            action="rollback",
+            checkpoint=target.checkpoint,
+            label=target.label,
+            metric=target.metric,
+            value=target.value,
+            metrics=target.metrics,
+            val_set=target.val_set,
+        )
     elif checkpoint:
         path = Path(checkpoint).resolve()
         entry = Activation(dataset=dataset_id, action="manual", checkpoint=str(path), label=path.parent.parent.name)
     else:
         ev = latest_evaluation()
         if not ev.get("gates_passed"):
-            raise GateRefused("the latest evaluation of this dataset did not pass the gates (see its checks); "
-                              "activate a checkpoint explicitly (config checkpoint) to override")
+            raise GateRefused(
+                "the latest evaluation of this dataset did not pass the gates (see its checks); "
+                "activate a checkpoint explicitly (config checkpoint) to override"
+            )
         path = Path(ev["checkpoint"])
-        entry = Activation(dataset=dataset_id, action="activate", checkpoint=str(path), label=path.parent.parent.name,
-                           metric=ev["gate_metric"], value=ev["candidate_value"], val_set=ev["val_set"],
-                           metrics={name: ev[name] for name in STAT_NAMES})
+        entry = Activation(
+            dataset=dataset_id,
+            action="activate",
+            checkpoint=str(path),
+            label=path.parent.parent.name,
+            metric=ev["gate_metric"],
+            value=ev["candidate_value"],
+            val_set=ev["val_set"],
+            metrics={name: ev[name] for name in STAT_NAMES},
+        )
     incumbent = history.incumbent(dataset_id)
-    entry = entry.model_copy(update={"label": label or entry.label, "run_id": run_id,
-                                     "previous": incumbent.checkpoint if incumbent else None})
+    entry = entry.model_copy(
+        update={
+            "label": label or entry.label,
+            "run_id": run_id,
+            "previous": incumbent.checkpoint if incumbent else None,
+        }
+    )
     if not Path(entry.checkpoint).is_file():
         raise GateRefused(f"checkpoint {entry.checkpoint} does not exist")
     return entry

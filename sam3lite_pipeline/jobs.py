@@ -7,16 +7,19 @@ import dagster as dg
 ASSETS = ["staged_dataset", "coco_dataset", "trained_model", "evaluation", "active_checkpoint"]
 
 retrain = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.assets(*ASSETS),
+    "retrain",
+    selection=dg.AssetSelection.assets(*ASSETS),
     description="validate, convert, train, evaluate and (when the gates pass) activate one dataset",
 )
 evaluate = dg.define_asset_job(
-    "evaluate", selection=dg.AssetSelection.assets("evaluation"),
+    "evaluate",
+    selection=dg.AssetSelection.assets("evaluation"),
     description="COCO mAP of a checkpoint (ops.evaluation.config.checkpoint; default the latest trained_model) "
     "on the dataset's val split, beside its incumbent",
 )
 activate = dg.define_asset_job(
-    "activate", selection=dg.AssetSelection.assets("active_checkpoint"),
+    "activate",
+    selection=dg.AssetSelection.assets("active_checkpoint"),
     description="activate ops.active_checkpoint.config.checkpoint, or roll back (config rollback: true) to the "
     "dataset's previous incumbent; confirmed by one inference through the backend",
 )

@@ -36,8 +36,9 @@ def per_class_table(result: EvalResult) -> str:
     """AP, AP50, AP75 and AR100 per class of an evaluation."""
     lines = ["| class | boxes | AP | AP50 | AP75 | AR100 |", "|---|---:|---:|---:|---:|---:|"]
     for row in result.per_class:
-        lines.append(f"| {row.name} | {row.num_gt} | {row.AP:.4f} | {row.AP50:.4f} | {row.AP75:.4f} | "
-                     f"{row.AR100:.4f} |")
+        lines.append(
+            f"| {row.name} | {row.num_gt} | {row.AP:.4f} | {row.AP50:.4f} | {row.AP75:.4f} | {row.AR100:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -53,8 +54,10 @@ def history_table(entries: Sequence[Activation], metric: str) -> str:
 def plots_markdown(plots: Path) -> str:
     """The run's PNG plots inline (base64 data URIs), so the UI shows the curves, not file paths on the host
     that trained."""
-    images = [f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})"
-              for p in sorted(plots.glob("*.png"))]
+    images = [
+        f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})"
+        for p in sorted(plots.glob("*.png"))
+    ]
     return "\n\n".join(images) or "no plots"
 
 

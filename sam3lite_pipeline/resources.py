@@ -50,8 +50,10 @@ class TrainLauncher(dg.ConfigurableResource):
     master_port: int = Field(default=29500, description="rendezvous port when nnodes > 1")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="overrides the config's device")
     wall_clock_limit_minutes: float | None = Field(
-        default=None, gt=0, description="kill the training processes after this long (a hard limit; the config's "
-        "time_limit_minutes ends training gracefully before it)"
+        default=None,
+        gt=0,
+        description="kill the training processes after this long (a hard limit; the config's "
+        "time_limit_minutes ends training gracefully before it)",
     )
     termination_grace_s: float = Field(
         default=20.0, gt=0, description="after SIGTERM to the process group, SIGKILL what is left after this long"

@@ -24,8 +24,12 @@ CRON = os.environ.get("SAM3LITE_RETRAIN_CRON", "0 2 * * *")
 def standing_config_hash(storage: StorageRoots, dataset_id: str) -> str:
     """The config hash a retrain of the dataset would record, run config aside."""
     dataset_dir = storage.dataset_dir(dataset_id)
-    owned = {"dataset": str(dataset_dir), "runs_root": str(storage.runs_root), "run_name": "scheduled",
-             **split_settings(storage.train_defaults_file, dataset_dir)}
+    owned = {
+        "dataset": str(dataset_dir),
+        "runs_root": str(storage.runs_root),
+        "run_name": "scheduled",
+        **split_settings(storage.train_defaults_file, dataset_dir),
+    }
     return resolve_train_config(storage.train_defaults_file, dataset_dir, {}, owned).resolved_hash()
 
 
@@ -37,8 +41,12 @@ def last_trained(instance: dg.DagsterInstance, dataset_id: str) -> dict[str, str
     return {key: values[key] for key in ("dataset_signature", "config_hash") if key in values}
 
 
-@dg.schedule(job=retrain, cron_schedule=CRON, default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="retrain datasets whose data signature or training-config hash changed")
+@dg.schedule(
+    job=retrain,
+    cron_schedule=CRON,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="retrain datasets whose data signature or training-config hash changed",
+)
 def nightly_retrain(context: dg.ScheduleEvaluationContext, storage: StorageRoots):
     requests, unchanged, problems = [], [], []
     for dataset_id in sorted(context.instance.get_dynamic_partitions(datasets.name)):
@@ -57,17 +65,25 @@ def nightly_retrain(context: dg.ScheduleEvaluationContext, storage: StorageRoots
             unchanged.append(dataset_id)
             continue
         now = {"data": ("dataset_signature", signature), "config": ("config_hash", config_hash)}
-        why = "never trained" if last is None else ", ".join(
-            what for what, (key, value) in now.items() if last.get(key) != value)
-        requests.append(dg.RunRequest(
-            partition_key=dataset_id, run_key=f"{dataset_id}:{signature}:{config_hash}",
-            tags={"sam3lite/trigger": "nightly_retrain", "sam3lite/changed": why},
-        ))
+        why = (
+            "never trained"
+            if last is None
+            else ", ".join(what for what, (key, value) in now.items() if last.get(key) != value)
+        )
+        requests.append(
+            dg.RunRequest(
+                partition_key=dataset_id,
+                run_key=f"{dataset_id}:{signature}:{config_hash}",
+                tags={"sam3lite/trigger": "nightly_retrain", "sam3lite/changed": why},
+            )
+        )
     if problems:
         context.log.warning("skipped: " + "; ".join(problems))
     if requests and unchanged:
         context.log.info(f"unchanged since their last training: {', '.join(unchanged)}")
     if not requests:
-        return dg.SkipReason(f"unchanged since their last training: {', '.join(unchanged) or 'no datasets'}"
-                             + (f"; skipped: {'; '.join(problems)}" if problems else ""))
+        return dg.SkipReason(
+            f"unchanged since their last training: {', '.join(unchanged) or 'no datasets'}"
+            + (f"; skipped: {'; '.join(problems)}" if problems else "")
+        )
     return requests

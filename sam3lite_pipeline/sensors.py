@@ -38,8 +38,12 @@ def trained_signature(instance: dg.DagsterInstance, dataset_id: str) -> str | No
     return (latest_values(instance, "trained_model", dataset_id) or {}).get("dataset_signature")
 
 
-@dg.sensor(job=retrain, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="new dataset -> its partition; changed dataset -> retrain (run key <dataset>:<signature>)")
+@dg.sensor(
+    job=retrain,
+    minimum_interval_seconds=INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="new dataset -> its partition; changed dataset -> retrain (run key <dataset>:<signature>)",
+)
 def dataset_sensor(context: dg.SensorEvaluationContext, storage: StorageRoots) -> dg.SensorResult:
     state: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(datasets.name))
@@ -69,8 +73,11 @@ def dataset_sensor(context: dg.SensorEvaluationContext, storage: StorageRoots) -
         if name not in known:
             new_partitions.append(name)
         if trained_signature(context.instance, name) != signature:
-            requests.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{signature}",
-                                          tags={"sam3lite/trigger": "dataset_sensor"}))
+            requests.append(
+                dg.RunRequest(
+                    partition_key=name, run_key=f"{name}:{signature}", tags={"sam3lite/trigger": "dataset_sensor"}
+                )
+            )
     for name in set(state) - {f.name for f in folders}:
         del state[name]  # a removed dataset starts over if it comes back
     if broken:

@@ -78,8 +78,10 @@ def read_layer(path: Path | None, what: str) -> dict[str, Any]:
 def file_layers(defaults_file: Path | None, dataset_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """(source, fields) of the pipeline defaults file and the dataset's sam3lite.yaml."""
     if defaults_file is not None and not defaults_file.is_file():
-        raise ConfigError(f"{defaults_file}: the pipeline training defaults file (StorageRoots.train_defaults) "
-                          f"does not exist; create it or unset train_defaults")
+        raise ConfigError(
+            f"{defaults_file}: the pipeline training defaults file (StorageRoots.train_defaults) "
+            f"does not exist; create it or unset train_defaults"
+        )
     return [
         (str(defaults_file), read_layer(defaults_file, "pipeline training defaults")),
         (str(dataset_dir / DATASET_CONFIG), read_layer(dataset_dir / DATASET_CONFIG, "the dataset's overrides")),
@@ -97,8 +99,12 @@ def resolve_train_config(
     """defaults file < `<dataset>/sam3lite.yaml` < run config < what the pipeline owns; each layer is checked
     alone first so an error names the layer it came from."""
     layers = file_layers(defaults_file, dataset_dir)
-    layers.append(("run config ops.trained_model.config", {
-        k: v.value if isinstance(v, enum.Enum) else v for k, v in run_config.items() if v is not None}))
+    layers.append(
+        (
+            "run config ops.trained_model.config",
+            {k: v.value if isinstance(v, enum.Enum) else v for k, v in run_config.items() if v is not None},
+        )
+    )
     merged: dict[str, Any] = {}
     for source, layer in layers:
         TrainConfig.parse(layer, source=source)

@@ -116,8 +116,9 @@ def dagster_server(
     server = DagsterServer(f"http://127.0.0.1:{port}", home, location, home / "webserver.log")
     started: list[subprocess.Popen] = []
     try:
-        webserver = _start(["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-                           child_env, server.log_path)
+        webserver = _start(
+            ["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)], child_env, server.log_path
+        )
         started.append(webserver)
         if daemon:
             started.append(_start(["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log"))
@@ -138,7 +139,11 @@ def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, str(script), *argv[1:]],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
@@ -183,7 +188,7 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue  # exited while we looked
         # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
         if int(pgrp) == pgid and state != "Z":
             members.append(int(entry))
     return members

@@ -19,6 +19,7 @@ def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", colour=(12
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG of a few bytes whose header declares width x height (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -29,13 +29,15 @@ def stage(home: Path, dataset: str = DATASET, images: int = 12) -> Path:
 
 def pipeline_defs(home: Path, **resources: Any) -> dg.Definitions:
     """The real assets and jobs with resources rooted at `home` (gates: floor 0, so a tiny model passes)."""
-    base = {"storage": storage(home), "launcher": TrainLauncher(), "gates": Gates(map_floor=0.0),
-            "backend": Backend()}
+    base = {"storage": storage(home), "launcher": TrainLauncher(), "gates": Gates(map_floor=0.0), "backend": Backend()}
     return dg.Definitions(assets=defs.assets, jobs=defs.jobs, resources={**base, **resources})
 
 
 def run_job(
-    definitions: dg.Definitions, job: str, instance: dg.DagsterInstance, run_config: dict | None = None,
+    definitions: dg.Definitions,
+    job: str,
+    instance: dg.DagsterInstance,
+    run_config: dict | None = None,
     dataset: str = DATASET,
 ) -> dg.ExecuteInProcessResult:
     return definitions.resolve_job_def(job).execute_in_process(

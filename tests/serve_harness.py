@@ -33,9 +33,24 @@ class Server:
         self.log = runs.parent / f"serve-{port}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sam3lite_core.cli", "serve", "--runs-root", str(runs), "--port", str(port),
-                 "--device", "cpu", "--max-upload-mb", "0.25", *base],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "sam3lite_core.cli",
+                    "serve",
+                    "--runs-root",
+                    str(runs),
+                    "--port",
+                    str(port),
+                    "--device",
+                    "cpu",
+                    "--max-upload-mb",
+                    "0.25",
+                    *base,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{port}"
         self.client = httpx.Client(base_url=self.url, timeout=60)

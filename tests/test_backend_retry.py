@@ -13,9 +13,15 @@ import pytest
 from sam3lite_pipeline.ops.backend import BackendError, TatorBackend
 from sam3lite_pipeline.resources import Backend
 
-LISTING = [{"id": "Base SAM3", "key": "base", "path": None, "active": False},
-           {"id": "mine", "key": "active:/runs/r1/checkpoints/export.ckpt",
-            "path": "/runs/r1/checkpoints/export.ckpt", "active": True}]
+LISTING = [
+    {"id": "Base SAM3", "key": "base", "path": None, "active": False},
+    {
+        "id": "mine",
+        "key": "active:/runs/r1/checkpoints/export.ckpt",
+        "path": "/runs/r1/checkpoints/export.ckpt",
+        "active": True,
+    },
+]
 
 
 class Flaky(ThreadingHTTPServer):

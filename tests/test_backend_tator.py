@@ -73,16 +73,25 @@ def client(server: FakeTator, runs_root: Path | None = None) -> TatorBackend:
 
 
 def test_active_row_without_id_and_seg_defaults_on_restore(tator, tmp_path):
-    tator.answers["/sam3/models"] = (200, [{"id": "Base SAM3", "key": "base", "path": None, "active": False},
-                                           {"key": f"active:{RUN}", "path": RUN, "active": True, "source": "custom"}])
-    tator.answers["/sam3/models/activate"] = (200, {"active": {"id": "x", "label": "x", "checkpoint": RUN,
-                                                               "source": "custom", "enable_segmentation": True}})
+    tator.answers["/sam3/models"] = (
+        200,
+        [
+            {"id": "Base SAM3", "key": "base", "path": None, "active": False},
+            {"key": f"active:{RUN}", "path": RUN, "active": True, "source": "custom"},
+        ],
+    )
+    tator.answers["/sam3/models/activate"] = (
+        200,
+        {"active": {"id": "x", "label": "x", "checkpoint": RUN, "source": "custom", "enable_segmentation": True}},
+    )
     active = client(tator).current()
     assert (active.id, active.checkpoint, active.source) == ("r1", RUN, "custom")
     assert active.enable_segmentation is True  # trained by the backend: its default, segmentation on
     client(tator).restore(active)
-    assert tator.posted[-1] == ("/sam3/models/activate", {"checkpoint_path": RUN, "label": "r1",
-                                                          "enable_segmentation": True})
+    assert tator.posted[-1] == (
+        "/sam3/models/activate",
+        {"checkpoint_path": RUN, "label": "r1", "enable_segmentation": True},
+    )
 
     History(tmp_path).record(Activation(dataset="d", action="manual", checkpoint=RUN, label="ours"))
     assert client(tator, tmp_path).current().enable_segmentation is False  # we activated it: box-only
@@ -93,8 +102,10 @@ def test_active_row_without_id_and_seg_defaults_on_restore(tator, tmp_path):
     client(tator).restore(base)
     assert tator.posted[-1][1] == {"checkpoint_path": None, "label": "Base SAM3", "enable_segmentation": True}
 
-    tator.answers["/sam3/models"] = (200, [{"id": "Base SAM3", "key": "base", "path": None, "active": True,
-                                            "enable_segmentation": False}])  # sam3lite serve reports it
+    tator.answers["/sam3/models"] = (
+        200,
+        [{"id": "Base SAM3", "key": "base", "path": None, "active": True, "enable_segmentation": False}],
+    )  # sam3lite serve reports it
     assert client(tator).current().enable_segmentation is False
     client(tator).restore(None)
     assert tator.posted[-1][1] == {"checkpoint_path": None, "label": None, "enable_segmentation": None}
@@ -104,9 +115,16 @@ def test_confirm_counts_null_scores_as_no_detection(tator, tmp_path):
     image = tmp_path / "a.png"
     PIL.Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
     tator.answers["/sam3/models"] = (200, [{"id": "mine", "key": f"active:{RUN}", "path": RUN, "active": True}])
-    tator.answers["/sam3/text_prompt"] = (200, {"detections": [
-        {"bbox": [0.5, 0.5, 0.1, 0.1], "score": None, "source": "sam3_text"},
-        {"bbox": [0.2, 0.2, 0.1, 0.1], "score": 0.75, "source": "sam3_text"}], "warnings": []})
+    tator.answers["/sam3/text_prompt"] = (
+        200,
+        {
+            "detections": [
+                {"bbox": [0.5, 0.5, 0.1, 0.1], "score": None, "source": "sam3_text"},
+                {"bbox": [0.2, 0.2, 0.1, 0.1], "score": 0.75, "source": "sam3_text"},
+            ],
+            "warnings": [],
+        },
+    )
     confirmed = client(tator).confirm(Path(RUN), image, "car")
     assert (confirmed.detections, confirmed.top_score, confirmed.active_id) == (1, 0.75, "mine")
     tator.answers["/sam3/text_prompt"] = (200, {"detections": [{"score": None}]})
@@ -116,16 +134,19 @@ def test_confirm_counts_null_scores_as_no_detection(tator, tmp_path):
         client(tator).confirm(Path(RUN), image, "car")
 
 
-@pytest.mark.parametrize(("route", "answer", "match"), [
-    ("/sam3/models", (500, "<html><body><h1>500 Internal Server Error</h1></body></html>"), "answered 500: <html>"),
-    ("/sam3/models", (502, {"detail": "bad gateway"}), "answered 502: bad gateway"),
-    ("/sam3/models", (200, "<html>login page</html>"), "with no JSON: '<html>login page"),
-    ("/sam3/models", (200, {"models": []}), "not a list of models"),
-    ("/sam3/models", (200, [{"key": "active:", "path": 5, "active": True}]), "cannot read"),
-    ("/sam3/models/activate", (200, {"ok": True}), "not {'active'"),
-    ("/sam3/models/activate", (200, {"active": {"id": 1}}), "not {'active'"),
-    ("/sam3/models/activate", (400, {"detail": "sam3_checkpoint_path_invalid"}), "400: sam3_checkpoint_path_inv"),
-])
+@pytest.mark.parametrize(
+    ("route", "answer", "match"),
+    [
+        ("/sam3/models", (500, "<html><body><h1>500 Internal Server Error</h1></body></html>"), "answered 500: <html>"),
+        ("/sam3/models", (502, {"detail": "bad gateway"}), "answered 502: bad gateway"),
+        ("/sam3/models", (200, "<html>login page</html>"), "with no JSON: '<html>login page"),
+        ("/sam3/models", (200, {"models": []}), "not a list of models"),
+        ("/sam3/models", (200, [{"key": "active:", "path": 5, "active": True}]), "cannot read"),
+        ("/sam3/models/activate", (200, {"ok": True}), "not {'active'"),
+        ("/sam3/models/activate", (200, {"active": {"id": 1}}), "not {'active'"),
+        ("/sam3/models/activate", (400, {"detail": "sam3_checkpoint_path_invalid"}), "400: sam3_checkpoint_path_inv"),
+    ],
+)
 def test_unexpected_answers_are_one_backend_error(tator, route, answer, match):
     tator.answers[route] = answer
     backend = client(tator)

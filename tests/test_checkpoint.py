@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import bpe
 import vendor_harness
 from reference_keys import reference_keys
+
+import bpe
 from sam3lite_core import weights as ckpt
 from sam3lite_core.batch import Batch
+from sam3lite_core.model.config import PRESETS
+from sam3lite_core.model.rope import block_rope
+from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.weights import (
     FORMAT,
     checkpoint_model_config,
@@ -27,9 +30,6 @@ from sam3lite_core.weights import (
     read_checkpoint,
     save_checkpoint,
 )
-from sam3lite_core.model.config import PRESETS
-from sam3lite_core.model.rope import block_rope
-from sam3lite_core.model.sam3lite import build_model
 
 TINY = PRESETS["tiny"]
 GLOBAL_ROPE = "backbone.vision_backbone.trunk.blocks.1.attn.freqs_cis"  # tiny: block 1 is global
@@ -209,8 +209,12 @@ def test_sam3_export_loads_into_the_upstream_builder(vendor, tmp_path: Path, cap
     gc.collect()  # one 4 GiB model at a time
     builder = vendor_harness.vendor_class("sam3.model_builder", "build_sam3_image_model")
     theirs = builder(
-        bpe_path=str(bpe.vocab_path()), device="cpu", eval_mode=True, checkpoint_path=str(path),
-        load_from_HF=False, enable_segmentation=False,
+        bpe_path=str(bpe.vocab_path()),
+        device="cpu",
+        eval_mode=True,
+        checkpoint_path=str(path),
+        load_from_HF=False,
+        enable_segmentation=False,
     )
     assert "missing" not in capsys.readouterr().out  # upstream prints missing keys, and only then
     exported = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_helpers import Recorder, make_dataset, threads, tiny_config
+from vendor_harness import patches_for
 
 import sam3lite_core.distributed as distributed
 from sam3lite_core.batch import Batch
@@ -27,8 +29,6 @@ from sam3lite_core.train.checkpointer import restore_rng
 from sam3lite_core.train.components import build_components
 from sam3lite_core.train.loader import loader_settings
 from sam3lite_core.train.loop import train, train_step
-from train_helpers import Recorder, make_dataset, threads, tiny_config
-from vendor_harness import patches_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,15 +91,18 @@ def test_only_distributed_py_talks_to_torch_distributed():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
             module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
-            if module.startswith("torch.distributed") or any(n.startswith("torch.distributed") for n in names) or (
-                module == "torch" and "distributed" in names
+            if (
+                module.startswith("torch.distributed")
+                or any(n.startswith("torch.distributed") for n in names)
+                or (module == "torch" and "distributed" in names)
             ):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"),
-                                                      ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_amp_auto_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_amp("auto", "cuda:0") == expected
@@ -110,8 +113,11 @@ def test_cuda_rng_restore_takes_this_gpus_state_whatever_the_saver_had(cuda_pres
     set_states = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: set_states.append(int(state[0])))
-    base = {"torch": torch.get_rng_state(), "python": [3, list(range(625)), None],
-            "numpy": [*np.random.get_state()[:1], torch.zeros(624, dtype=torch.int64), 0, 0, 0.0]}
+    base = {
+        "torch": torch.get_rng_state(),
+        "python": [3, list(range(625)), None],
+        "numpy": [*np.random.get_state()[:1], torch.zeros(624, dtype=torch.int64), 0, 0, 0.0],
+    }
     restore_rng({**base, "cuda": torch.tensor([7], dtype=torch.uint8)})  # ours: this process's GPU only
     restore_rng({**base, "cuda": [torch.tensor([1], dtype=torch.uint8)]})  # older file, fewer GPUs: skipped
     restore_rng({**base, "cuda": [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]})
@@ -125,8 +131,9 @@ def test_vendor_patches_on_a_gpu_host_keep_pin_memory():
 
 def test_vendor_decoder_coordinates_move_with_the_module(vendor):
     """Upstream caches its box-bias coordinates at __init__ on "cuda"; built on the CPU, they follow `.to()`."""
-    from sam3lite_core.model.config import PRESETS
     from vendor_detector import decoder
+
+    from sam3lite_core.model.config import PRESETS
 
     cfg = PRESETS["tiny"]
     module = decoder(cfg)
@@ -163,8 +170,10 @@ def test_resume_with_fp16_from_a_checkpoint_saved_without_a_scaler(work):
     with threads(1):
         first = train(tiny_config(dataset, runs, run_name="amp", amp="bf16", max_epochs=1, val_epoch_freq=5))
         recorder = Recorder()
-        resumed = train(tiny_config(dataset, runs, run_name="amp", amp="fp16", max_epochs=2, val_epoch_freq=5,
-                                    resume=True), recorder)
+        resumed = train(
+            tiny_config(dataset, runs, run_name="amp", amp="fp16", max_epochs=2, val_epoch_freq=5, resume=True),
+            recorder,
+        )
     assert resumed.steps_done > first.steps_done and resumed.resumed_from_step == first.steps_done
     assert any("no fp16 loss scale" in line and "'bf16'" in line for line in recorder.logs())
 
@@ -183,8 +192,12 @@ def test_checkpointing_rebuilds_the_box_bias_instead_of_keeping_it(monkeypatch):
 
     monkeypatch.setattr(decoder, "_box_rpb", recorded)
     size = model.cfg.vision.image_size
-    batch = Batch(images=torch.zeros(1, 3, size, size), img_ids=torch.zeros(2, dtype=torch.long),
-                  prompts=["a", "b"], prompt_ids=torch.tensor([0, 1]))
+    batch = Batch(
+        images=torch.zeros(1, 3, size, size),
+        img_ids=torch.zeros(2, dtype=torch.long),
+        prompts=["a", "b"],
+        prompt_ids=torch.tensor([0, 1]),
+    )
     for checkpointing, kept in ((True, 0), (False, len(decoder.layers))):
         decoder.activation_checkpointing = checkpointing
         biases.clear()
@@ -225,8 +238,13 @@ def test_a_batch_pins_every_tensor(monkeypatch):
     """DataLoader(pin_memory=True) pins a custom batch type only through its own pin_memory()."""
     pinned = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self.shape) or self.clone())
-    batch = Batch(images=torch.zeros(1, 3, 4, 4), img_ids=torch.zeros(2, dtype=torch.long), prompts=["a"],
-                  prompt_ids=torch.zeros(2, dtype=torch.long), orig_sizes=torch.ones(2, 2, dtype=torch.long))
+    batch = Batch(
+        images=torch.zeros(1, 3, 4, 4),
+        img_ids=torch.zeros(2, dtype=torch.long),
+        prompts=["a"],
+        prompt_ids=torch.zeros(2, dtype=torch.long),
+        orig_sizes=torch.ones(2, 2, dtype=torch.long),
+    )
     out = batch.pin_memory()
     assert len(pinned) == 4 and isinstance(out, Batch) and out.prompts == ["a"]
 
@@ -251,7 +269,6 @@ def test_demo_and_bench_take_one_process_per_gpu(cuda_present, monkeypatch):
     assert recipes.processes_for_host() == min(recipes.CPU_FROM_SCRATCH_PROCESSES, __import__("os").cpu_count())
 
 
-
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")
 
 
@@ -260,8 +277,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
 def test_on_gpu_a_nonfinite_step_is_skipped_in_every_amp(work, amp):
     dataset, runs = work
-    c = build_components(tiny_config(dataset, runs, amp=amp, device="cuda"), distributed.init_distributed("cuda"),
-                         None)
+    c = build_components(tiny_config(dataset, runs, amp=amp, device="cuda"), distributed.init_distributed("cuda"), None)
     c.train_data.sampler.set_epoch(0)
     loader = iter(c.train_data.loader)
     broken, good = next(loader)[0], next(loader)[0]

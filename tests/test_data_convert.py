@@ -21,21 +21,32 @@ def _load(path):
 
 
 def test_coco_follows_the_backend_conventions(tmp_path):
-    root = yolo_dataset(tmp_path / "ds", {
-        "a": "0 0.5 0.5 0.5 0.25\n2 0.25 0.25 0.1 0.1\n", "empty": "",
-    }, {"v": "1 0.5 0.5 1 1\n"}, size=(200, 100))
+    root = yolo_dataset(
+        tmp_path / "ds",
+        {
+            "a": "0 0.5 0.5 0.5 0.25\n2 0.25 0.25 0.1 0.1\n",
+            "empty": "",
+        },
+        {"v": "1 0.5 0.5 1 1\n"},
+        size=(200, 100),
+    )
     write_files(root, {"train/images/broken.jpg": b"broken", "train/labels/broken.txt": "0 0.5 0.5 0.1 0.1\n"})
     before = snapshot(root)
     result = convert_dataset(root, tmp_path / "cache")
     assert snapshot(root) == before, "conversion must never write into the dataset"
     train, val = _load(result.train_json), _load(result.val_json)
-    assert [c.model_dump() for c in result.categories] == train["categories"] == [
-        {"id": 1, "name": "cat", "supercategory": "object"},
-        {"id": 2, "name": "dog", "supercategory": "object"},
-        {"id": 3, "name": "bird", "supercategory": "object"},
-    ]
+    assert (
+        [c.model_dump() for c in result.categories]
+        == train["categories"]
+        == [
+            {"id": 1, "name": "cat", "supercategory": "object"},
+            {"id": 2, "name": "dog", "supercategory": "object"},
+            {"id": 3, "name": "bird", "supercategory": "object"},
+        ]
+    )
     assert [(im["id"], im["file_name"], im["width"], im["height"]) for im in train["images"]] == [
-        (1, "images/a.jpg", 200, 100), (2, "images/empty.jpg", 200, 100),  # broken.jpg skipped, empty kept
+        (1, "images/a.jpg", 200, 100),
+        (2, "images/empty.jpg", 200, 100),  # broken.jpg skipped, empty kept
     ]
     assert val["images"] == [{"id": 3, "file_name": "images/v.jpg", "width": 200, "height": 100}]
     assert train["annotations"] == [
@@ -62,7 +73,11 @@ def test_cache_hit_does_no_work_and_settings_miss(tmp_path, monkeypatch):
     assert again.cache_hit and again.train_json == first.train_json and again.report == first.report
     monkeypatch.undo()
     keys = {first.cache_key}
-    for settings in (ConvertSettings(val_fraction=0.5), ConvertSettings(seed=7), ConvertSettings(missing_labels="skip")):
+    for settings in (
+        ConvertSettings(val_fraction=0.5),
+        ConvertSettings(seed=7),
+        ConvertSettings(missing_labels="skip"),
+    ):
         other = convert_dataset(root, cache, settings)
         assert not other.cache_hit and other.cache_key not in keys
         keys.add(other.cache_key)
@@ -77,7 +92,9 @@ def test_hash_split_is_stable_when_images_are_added(tmp_path):
     before = convert_dataset(root, cache)
     assert before.split_method == "hash" and 4 <= before.counts.val_images <= 24
     val_before = {im["file_name"] for im in _load(before.val_json)["images"]}
-    assert val_before == {f"images/i{k:03d}.jpg" for k in range(60) if split_score(f"train/images/i{k:03d}.jpg", 42) < 0.2}
+    assert val_before == {
+        f"images/i{k:03d}.jpg" for k in range(60) if split_score(f"train/images/i{k:03d}.jpg", 42) < 0.2
+    }
     write_files(root, {f"train/images/n{k}.jpg": image_bytes() for k in range(30)})
     after = convert_dataset(root, cache)
     val_after = {im["file_name"] for im in _load(after.val_json)["images"]}
@@ -101,7 +118,9 @@ def test_fatal_dataset_raises_with_its_report(tmp_path):
 
 def test_cli_json_and_exit_codes(tmp_path, capsys):
     root = yolo_dataset(tmp_path / "ds", {"a": "0 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.1 0.1\n", "b": ""})
-    assert cli_main(["convert", str(root), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.5", "--json"]) == 0
+    assert (
+        cli_main(["convert", str(root), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.5", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     for key in ("signature", "cache_hit", "train_json", "val_json", "categories", "report"):
         assert key in out

@@ -19,28 +19,42 @@ def _jsonl(*records) -> str:
 def _qwen(root):
     jpeg = image_bytes(100, 50)
     answer = json.dumps({"detections": [{"label": "dog", "bbox": [10, 10, 30, 20]}]})
-    return write_files(root, {
-        "metadata.json": json.dumps({"classes": ["cat", "dog"], "signature": "backend-mtime-hash"}),
-        "dataset_meta.json": json.dumps({"id": "qwen-ds"}),
-        "train/a.jpg": jpeg, "train/b.jpg": jpeg, "train/sub/c.jpg": jpeg, "train/d.jpg": jpeg,
-        "train/annotations.jsonl": _jsonl(
-            {"image": "a.jpg", "detections": [
-                {"label": "cat", "bbox": [10, 5, 60, 45]},
-                {"label": "Dog", "point": [50, 25]},
-                {"label": "fish", "bbox": [0, 0, 5, 5]},
-                {"label": "cat", "bbox": [10, 5, 60, 45]},
-                {"label": "cat", "bbox": [0, 0, 500, 5]},
-            ]},
-            {"image": "sub/c.jpg", "conversations": [{"from": "human", "value": "find"}, {"from": "gpt", "value": answer}]},
-            "{not json",
-            {"image": "missing.jpg", "detections": []},
-            {"image": "../../etc/passwd", "detections": []},
-            {"image": "a.jpg", "detections": []},
-            {"image": "d.jpg", "detections": []},
-        ),
-        "val/v.jpg": jpeg,
-        "val/annotations.jsonl": _jsonl({"image": "v.jpg", "detections": [{"label": "cat", "bbox": [0, 0, 50, 50]}]}),
-    })
+    return write_files(
+        root,
+        {
+            "metadata.json": json.dumps({"classes": ["cat", "dog"], "signature": "backend-mtime-hash"}),
+            "dataset_meta.json": json.dumps({"id": "qwen-ds"}),
+            "train/a.jpg": jpeg,
+            "train/b.jpg": jpeg,
+            "train/sub/c.jpg": jpeg,
+            "train/d.jpg": jpeg,
+            "train/annotations.jsonl": _jsonl(
+                {
+                    "image": "a.jpg",
+                    "detections": [
+                        {"label": "cat", "bbox": [10, 5, 60, 45]},
+                        {"label": "Dog", "point": [50, 25]},
+                        {"label": "fish", "bbox": [0, 0, 5, 5]},
+                        {"label": "cat", "bbox": [10, 5, 60, 45]},
+                        {"label": "cat", "bbox": [0, 0, 500, 5]},
+                    ],
+                },
+                {
+                    "image": "sub/c.jpg",
+                    "conversations": [{"from": "human", "value": "find"}, {"from": "gpt", "value": answer}],
+                },
+                "{not json",
+                {"image": "missing.jpg", "detections": []},
+                {"image": "../../etc/passwd", "detections": []},
+                {"image": "a.jpg", "detections": []},
+                {"image": "d.jpg", "detections": []},
+            ),
+            "val/v.jpg": jpeg,
+            "val/annotations.jsonl": _jsonl(
+                {"image": "v.jpg", "detections": [{"label": "cat", "bbox": [0, 0, 50, 50]}]}
+            ),
+        },
+    )
 
 
 def test_qwen_dataset_scan_and_convert(tmp_path):
@@ -49,12 +63,22 @@ def test_qwen_dataset_scan_and_convert(tmp_path):
     report = scan_dataset(root)
     assert report.ok and report.format == "qwen" and report.classes == ["cat", "dog"] and report.dataset_id == "qwen-ds"
     codes = {(p.code, p.line, p.action) for p in report.problems}
-    assert {("class_id", 1, "box dropped"), ("duplicate", 1, "duplicate removed"), ("out_of_bounds", 1, "box dropped"),
-            ("bad_json", 3, "line dropped"), ("orphan_label", 4, "line dropped"), ("escapes_root", 5, "refused"),
-            ("duplicate_entry", 6, "line dropped")} <= codes
+    assert {
+        ("class_id", 1, "box dropped"),
+        ("duplicate", 1, "duplicate removed"),
+        ("out_of_bounds", 1, "box dropped"),
+        ("bad_json", 3, "line dropped"),
+        ("orphan_label", 4, "line dropped"),
+        ("escapes_root", 5, "refused"),
+        ("duplicate_entry", 6, "line dropped"),
+    } <= codes
     assert [p.file for p in report.problems if p.code == "missing_label"] == ["train/b.jpg"]
     c = report.counts
-    assert (c.images, c.backgrounds, c.boxes) == (5, 2, 4) and c.annotations_read == c.boxes + c.dropped + c.duplicates_removed
+    assert (c.images, c.backgrounds, c.boxes) == (
+        5,
+        2,
+        4,
+    ) and c.annotations_read == c.boxes + c.dropped + c.duplicates_removed
 
     result = convert_dataset(root, tmp_path / "cache")
     assert snapshot(root) == before
@@ -80,9 +104,12 @@ def test_qwen_signature_ignores_the_backends_own_signature_field(tmp_path):
 
 def test_linked_dataset_is_read_in_place(tmp_path):
     tree = yolo_dataset(tmp_path / "user" / "tree", {"a": "0 0.5 0.5 0.2 0.2\n"}, {"b": "1 0.5 0.5 0.2 0.2\n"})
-    entry = write_files(tmp_path / "registry" / "linked-ds", {
-        "dataset_meta.json": json.dumps({"id": "linked-ds", "storage_mode": "linked", "linked_root": str(tree)}),
-    })
+    entry = write_files(
+        tmp_path / "registry" / "linked-ds",
+        {
+            "dataset_meta.json": json.dumps({"id": "linked-ds", "storage_mode": "linked", "linked_root": str(tree)}),
+        },
+    )
     tree_before, entry_before = snapshot(tree), snapshot(entry)
     report = scan_dataset(entry)
     assert report.ok and report.dataset_id == "linked-ds" and report.counts.images == 2

@@ -36,7 +36,9 @@ def _coco_boxes(result, image_id):
 
 
 def test_one_query_per_category_with_positives_and_negatives(converted):
-    ds = CocoQueryDataset(converted.train_json, converted.train_images_root, LoaderSettings(resolution=RES), train=False)
+    ds = CocoQueryDataset(
+        converted.train_json, converted.train_images_root, LoaderSettings(resolution=RES), train=False
+    )
     assert len(ds) == converted.counts.train_images
     for i in range(len(ds)):
         sample = ds[i]
@@ -52,7 +54,9 @@ def test_one_query_per_category_with_positives_and_negatives(converted):
 
 
 def test_validation_resize_keeps_normalised_boxes(converted):
-    ds = CocoQueryDataset(converted.train_json, converted.train_images_root, LoaderSettings(resolution=RES), train=False)
+    ds = CocoQueryDataset(
+        converted.train_json, converted.train_images_root, LoaderSettings(resolution=RES), train=False
+    )
     sample = ds[0]
     h, w = sample.orig_size
     expected = sorted(
@@ -69,7 +73,9 @@ def test_train_recipe_square_resize_random_pad_normalise():
     torch.manual_seed(0)
     pipeline = build_transforms(RES, train=True)
     image = tv_tensors.Image(torch.full((3, 40, 80), 200, dtype=torch.uint8))
-    boxes = tv_tensors.BoundingBoxes([[20.0, 10.0, 60.0, 30.0], [0.0, 0.0, 0.1, 0.1]], format="XYXY", canvas_size=(40, 80))
+    boxes = tv_tensors.BoundingBoxes(
+        [[20.0, 10.0, 60.0, 30.0], [0.0, 0.0, 0.1, 0.1]], format="XYXY", canvas_size=(40, 80)
+    )
     seen_sizes = set()
     for _ in range(20):
         out, target = pipeline(image, {"boxes": boxes, "labels": torch.tensor([1, 2])})
@@ -127,12 +133,16 @@ def test_optional_flip_mirrors_boxes():
 def test_prompt_variants_max_objects_and_collate(tmp_path):
     label = "".join(f"0 {0.1 + 0.1 * k:.2f} 0.5 0.05 0.05\n" for k in range(5)) + "1 0.5 0.2 0.2 0.2\n"
     (tmp_path / "ds/train/images").mkdir(parents=True)
-    root = write_files(tmp_path / "ds", {"labelmap.txt": "cat\ndog\nbird\n", "train/labels/a.txt": label,
-                                         "train/labels/b.txt": "2 0.5 0.5 0.5 0.5\n"})
+    root = write_files(
+        tmp_path / "ds",
+        {"labelmap.txt": "cat\ndog\nbird\n", "train/labels/a.txt": label, "train/labels/b.txt": "2 0.5 0.5 0.5 0.5\n"},
+    )
     for stem in ("a", "b"):
         Image.new("RGB", (120, 80), (90, 90, 90)).save(root / f"train/images/{stem}.jpg")
     result = convert_dataset(root, tmp_path / "cache", ConvertSettings(val_fraction=0.0))
-    settings = LoaderSettings(resolution=64, max_objects_per_query=4, prompt_variants={"dog": "dog, puppy", "3": ["bird"]})
+    settings = LoaderSettings(
+        resolution=64, max_objects_per_query=4, prompt_variants={"dog": "dog, puppy", "3": ["bird"]}
+    )
     train = CocoQueryDataset(result.train_json, result.train_images_root, settings, train=True)
     evaluation = CocoQueryDataset(result.train_json, result.train_images_root, settings, train=False)
     torch.manual_seed(0)
@@ -172,8 +182,10 @@ def test_exif_orientation_is_applied_to_sizes_and_pixels(tmp_path):
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
-@pytest.mark.parametrize("fmt, options", [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}),
-                                          ("WEBP", {}), ("BMP", {}), ("TIFF", {})])
+@pytest.mark.parametrize(
+    "fmt, options",
+    [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {}), ("BMP", {}), ("TIFF", {})],
+)
 def test_header_sizes_match_pil_upright(tmp_path, fmt, options, orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -35,7 +35,9 @@ def _reference(strategy: str, s: BalanceSettings) -> list[float]:
 
 
 @pytest.mark.parametrize("strategy", ["inv_sqrt", "inv_pow", "clipped_inv", "effective_num", "focal", "log_inv"])
-@pytest.mark.parametrize("overrides", [{}, {"power": 1.0, "clip": 1.5, "beta": 0.9, "gamma": 2.0, "background_weight": 0.25}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"power": 1.0, "clip": 1.5, "beta": 0.9, "gamma": 2.0, "background_weight": 0.25}]
+)
 def test_weights_follow_the_backend_formulas(strategy, overrides):
     settings = BalanceSettings(strategy=strategy, **overrides)
     weights, _ = image_weights(IMAGES, settings)

@@ -9,10 +9,9 @@ import os
 import pytest
 from data_builders import image_bytes, noisy_jpeg, snapshot, write_files, yolo_dataset
 
-from sam3lite_core.data.scan import ScanSettings, scan_dataset
 from sam3lite_core.data.files import collect_inputs
 from sam3lite_core.data.layout import find_layout
-from sam3lite_core.data.scan import scan_inputs
+from sam3lite_core.data.scan import ScanSettings, scan_dataset, scan_inputs
 from sam3lite_core.data.signature import FactsCache, signature_of
 
 GOOD = "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n"
@@ -21,40 +20,54 @@ GOOD = "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n"
 def _broken(root, outside):
     jpeg = image_bytes()
     write_files(outside, {"outside.jpg": jpeg})
-    write_files(root, {
-        "labelmap.txt": b"\xef\xbb\xbfcat\r\ndog\r\nbird\r\n",
-        "train/images/good.jpg": jpeg, "train/labels/good.txt": GOOD,
-        "train/images/truncated.jpg": noisy_jpeg()[:4000], "train/labels/truncated.txt": GOOD,
-        "train/images/garbage.png": b"not an image at all", "train/labels/garbage.txt": GOOD,
-        "train/images/nolabel.jpg": jpeg,
-        "train/labels/orphan.txt": GOOD,
-        "train/images/bad_lines.jpg": jpeg,
-        "train/labels/bad_lines.txt": (
-            "0 0.5 0.5 0.2\n"  # 1 columns
-            "0 a 0.5 0.2 0.2\n"  # 2 not numeric
-            "0 nan 0.5 0.2 0.2\n"  # 3 NaN
-            "0 0.5 inf 0.2 0.2\n"  # 4 inf
-            "-1 0.5 0.5 0.1 0.1\n"  # 5 negative class
-            "3 0.5 0.5 0.1 0.1\n"  # 6 class not in the labelmap
-            "1.5 0.5 0.5 0.1 0.1\n"  # 7 fractional class
-            "0 1.2 0.5 0.2 0.2\n"  # 8 far outside: dropped
-            "0 0.905 0.5 0.2 0.2\n"  # 9 slightly outside: clipped
-            "0 0.5 0.5 0 0.1\n"  # 10 zero area
-            "2 0.2 0.2 0.1 0.1\n"  # 11 fine
-            "2 0.2 0.2 0.1 0.1\n"  # 12 duplicate
-        ),
-        "train/images/crlf.jpg": jpeg, "train/labels/crlf.txt": b"\xef\xbb\xbf0 0.5 0.5 0.2 0.2 \r\n\r\n",
-        "train/images/seg.jpg": jpeg,
-        "train/labels/seg.txt": "1 0.1 0.2 0.4 0.2 0.4 0.6\n2 0.5 0.5 0.2 0.2 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6\n",
-        "train/images/UPPER.JPG": jpeg, "train/labels/UPPER.txt": GOOD,
-        "train/images/sub/nested.jpeg": jpeg, "train/labels/sub/nested.txt": GOOD,
-        "train/images/formats.webp": image_bytes(fmt="WEBP"), "train/labels/formats.txt": GOOD,
-        "train/images/formats2.bmp": image_bytes(fmt="BMP"), "train/labels/formats2.txt": GOOD,
-        "train/images/formats3.tiff": image_bytes(fmt="TIFF"), "train/labels/formats3.txt": GOOD,
-        "train/images/binary.jpg": jpeg, "train/labels/binary.txt": b"\xff\xfe\x00\x81 garbage",
-        "train/images/empty.jpg": jpeg, "train/labels/empty.txt": "",
-        "train/images/_annotations.coco.json": "{}",  # derived by the backend: not an input
-    })
+    write_files(
+        root,
+        {
+            "labelmap.txt": b"\xef\xbb\xbfcat\r\ndog\r\nbird\r\n",
+            "train/images/good.jpg": jpeg,
+            "train/labels/good.txt": GOOD,
+            "train/images/truncated.jpg": noisy_jpeg()[:4000],
+            "train/labels/truncated.txt": GOOD,
+            "train/images/garbage.png": b"not an image at all",
+            "train/labels/garbage.txt": GOOD,
+            "train/images/nolabel.jpg": jpeg,
+            "train/labels/orphan.txt": GOOD,
+            "train/images/bad_lines.jpg": jpeg,
+            "train/labels/bad_lines.txt": (
+                "0 0.5 0.5 0.2\n"  # 1 columns
+                "0 a 0.5 0.2 0.2\n"  # 2 not numeric
+                "0 nan 0.5 0.2 0.2\n"  # 3 NaN
+                "0 0.5 inf 0.2 0.2\n"  # 4 inf
+                "-1 0.5 0.5 0.1 0.1\n"  # 5 negative class
+                "3 0.5 0.5 0.1 0.1\n"  # 6 class not in the labelmap
+                "1.5 0.5 0.5 0.1 0.1\n"  # 7 fractional class
+                "0 1.2 0.5 0.2 0.2\n"  # 8 far outside: dropped
+                "0 0.905 0.5 0.2 0.2\n"  # 9 slightly outside: clipped
+                "0 0.5 0.5 0 0.1\n"  # 10 zero area
+                "2 0.2 0.2 0.1 0.1\n"  # 11 fine
+                "2 0.2 0.2 0.1 0.1\n"  # 12 duplicate
+            ),
+            "train/images/crlf.jpg": jpeg,
+            "train/labels/crlf.txt": b"\xef\xbb\xbf0 0.5 0.5 0.2 0.2 \r\n\r\n",
+            "train/images/seg.jpg": jpeg,
+            "train/labels/seg.txt": "1 0.1 0.2 0.4 0.2 0.4 0.6\n2 0.5 0.5 0.2 0.2 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6\n",
+            "train/images/UPPER.JPG": jpeg,
+            "train/labels/UPPER.txt": GOOD,
+            "train/images/sub/nested.jpeg": jpeg,
+            "train/labels/sub/nested.txt": GOOD,
+            "train/images/formats.webp": image_bytes(fmt="WEBP"),
+            "train/labels/formats.txt": GOOD,
+            "train/images/formats2.bmp": image_bytes(fmt="BMP"),
+            "train/labels/formats2.txt": GOOD,
+            "train/images/formats3.tiff": image_bytes(fmt="TIFF"),
+            "train/labels/formats3.txt": GOOD,
+            "train/images/binary.jpg": jpeg,
+            "train/labels/binary.txt": b"\xff\xfe\x00\x81 garbage",
+            "train/images/empty.jpg": jpeg,
+            "train/labels/empty.txt": "",
+            "train/images/_annotations.coco.json": "{}",  # derived by the backend: not an input
+        },
+    )
     os.symlink(outside / "outside.jpg", root / "train/images/escape.jpg")
     os.symlink(root / "train/images/gone.jpg", root / "train/images/dangling.jpg")
     return root
@@ -66,8 +79,11 @@ def broken(tmp_path):
 
 
 def _find(report, code, file=None, line=None):
-    hits = [p for p in report.problems if p.code == code and (file is None or p.file == file)
-            and (line is None or p.line == line)]
+    hits = [
+        p
+        for p in report.problems
+        if p.code == code and (file is None or p.file == file) and (line is None or p.line == line)
+    ]
     assert hits, f"no {code} problem for {file}:{line} in\n{report.text(None)}"
     return hits[0]
 
@@ -119,7 +135,9 @@ def test_counts_add_up_to_the_input(broken):
 
 
 def test_polygon_lines_become_their_extent(tmp_path):
-    root = yolo_dataset(tmp_path / "ds", {"a": "1 0.1 0.2 0.4 0.2 0.4 0.6\n2 0.5 0.5 0.2 0.2 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6\n"})
+    root = yolo_dataset(
+        tmp_path / "ds", {"a": "1 0.1 0.2 0.4 0.2 0.4 0.6\n2 0.5 0.5 0.2 0.2 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6\n"}
+    )
     inputs = collect_inputs(find_layout(root))
     facts = FactsCache(inputs.layout.root, None)
     (record,) = scan_inputs(inputs, facts, ScanSettings(), signature_of(inputs, facts)).records
@@ -149,14 +167,25 @@ def test_missing_label_policy_skip(broken):
         ({"train/images/a.jpg": "x", "train/labels/a.txt": ""}, "labelmap_missing"),
         ({"labelmap.txt": "cat\n", "val/images/a.jpg": "x", "val/labels/a.txt": ""}, "train_split_missing"),
         ({"labelmap.txt": "cat\n", "train/images/a.jpg": "x"}, "train_split_incomplete"),
-        ({"labelmap.txt": "cat\n", "train/images/a.jpg": "x", "train/labels/a.txt": "", "val/labels/b.txt": ""},
-         "val_split_incomplete"),
-        ({"labelmap.txt": "cat\n\ndog\n", "train/images/a.jpg": "j", "train/labels/a.txt": GOOD}, "labelmap_blank_name"),
-        ({"labelmap.txt": "cat\nCat \n", "train/images/a.jpg": "j", "train/labels/a.txt": GOOD}, "labelmap_duplicate_name"),
+        (
+            {"labelmap.txt": "cat\n", "train/images/a.jpg": "x", "train/labels/a.txt": "", "val/labels/b.txt": ""},
+            "val_split_incomplete",
+        ),
+        (
+            {"labelmap.txt": "cat\n\ndog\n", "train/images/a.jpg": "j", "train/labels/a.txt": GOOD},
+            "labelmap_blank_name",
+        ),
+        (
+            {"labelmap.txt": "cat\nCat \n", "train/images/a.jpg": "j", "train/labels/a.txt": GOOD},
+            "labelmap_duplicate_name",
+        ),
         ({"labelmap.txt": "\n\n", "train/images/a.jpg": "j", "train/labels/a.txt": GOOD}, "labelmap_empty"),
         ({"labelmap.txt": "cat\n", "train/images/a.jpg": "broken", "train/labels/a.txt": GOOD}, "no_valid_images"),
         ({"labelmap.txt": "cat\n", "train/images/a.jpg": "j", "train/labels/a.txt": "5 0.5 0.5 0.1 0.1\n"}, "no_boxes"),
-        ({"dataset_meta.json": '{"storage_mode": "linked", "linked_root": "/nonexistent/tree"}'}, "linked_root_missing"),
+        (
+            {"dataset_meta.json": '{"storage_mode": "linked", "linked_root": "/nonexistent/tree"}'},
+            "linked_root_missing",
+        ),
     ],
 )
 def test_fatal_problems_say_what_to_do(tmp_path, files, code):

@@ -55,11 +55,19 @@ def test_content_changes_change_the_signature(ds, change):
 
 def test_derived_files_and_orphans_are_invisible(ds):
     before = dataset_signature(ds)
-    write_files(ds, {
-        "train/_annotations.coco.json": "{}", "val/_annotations.coco.json": "{}",  # the backend's COCO output
-        "sam3_dataset.json": "{}", "dataset_meta.json": '{"id": "ds"}', "train/labels.cache": "x",
-        "train/images/notes.txt": "not an image", "train/labels/lonely.txt": LABEL, "sam3lite.yaml": "a: 1",
-    })
+    write_files(
+        ds,
+        {
+            "train/_annotations.coco.json": "{}",
+            "val/_annotations.coco.json": "{}",  # the backend's COCO output
+            "sam3_dataset.json": "{}",
+            "dataset_meta.json": '{"id": "ds"}',
+            "train/labels.cache": "x",
+            "train/images/notes.txt": "not an image",
+            "train/labels/lonely.txt": LABEL,
+            "sam3lite.yaml": "a: 1",
+        },
+    )
     assert dataset_signature(ds) == before
 
 

@@ -11,12 +11,16 @@ import pytest
 from sam3lite_core.cli import main as cli_main
 from sam3lite_core.data.convert import convert_dataset
 from sam3lite_core.data.scan import scan_dataset
-from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES, write_synth
+from sam3lite_core.data.synth import CLASSES as SYNTH_CLASSES
+from sam3lite_core.data.synth import write_synth
 
 
 def _digests(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _boxes(root):

@@ -101,19 +101,41 @@ def checkpoint(tmp_path_factory):
 def test_rotated_and_upright_give_the_same_boxes_in_predict_and_eval(tmp_path, checkpoint, capsys):
     sideways, upright = rotated_pair(tmp_path)
     out = tmp_path / "out.json"
-    status = main(["predict", str(sideways), str(upright), "--prompt", "thing", "--checkpoint", str(checkpoint),
-                   "--threshold", "0", "--max-detections", "3", "--json", str(out), "--device", "cpu"])
+    status = main(
+        [
+            "predict",
+            str(sideways),
+            str(upright),
+            "--prompt",
+            "thing",
+            "--checkpoint",
+            str(checkpoint),
+            "--threshold",
+            "0",
+            "--max-detections",
+            "3",
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     first, second = json.loads(out.read_text())
     assert first["detections"] and first["detections"] == second["detections"]
     for name in (sideways.name, upright.name):
-        coco = {"images": [{"id": 1, "file_name": name, "width": 64, "height": 48}],
-                "categories": [{"id": 1, "name": "thing"}],
-                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 4, 30, 20], "area": 600,
-                                 "iscrowd": 0}]}
+        coco = {
+            "images": [{"id": 1, "file_name": name, "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 4, 30, 20], "area": 600, "iscrowd": 0}
+            ],
+        }
         (tmp_path / f"{name}.json").write_text(json.dumps(coco))
-    samples = [CocoQueryDataset(tmp_path / f"{n}.json", tmp_path, LoaderSettings(resolution=56), train=False)[0]
-               for n in (sideways.name, upright.name)]
+    samples = [
+        CocoQueryDataset(tmp_path / f"{n}.json", tmp_path, LoaderSettings(resolution=56), train=False)[0]
+        for n in (sideways.name, upright.name)
+    ]
     assert torch.equal(samples[0].image, samples[1].image)
     results = [evaluate(checkpoint, tmp_path / f"{n}.json", tmp_path).to_dict() for n in (sideways.name, upright.name)]
     assert results[0] == results[1]

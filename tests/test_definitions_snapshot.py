@@ -43,24 +43,38 @@ def describe() -> dict[str, Any]:
             checks[f"{key.to_user_string()}:{check_key.name}"] = {"blocking": graph.get(check_key).blocking}
     jobs = {
         job.name: {"assets": sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)}
-        for job in defs.resolve_all_job_defs() if not job.name.startswith("__")  # not Dagster's implicit job
+        for job in defs.resolve_all_job_defs()
+        if not job.name.startswith("__")  # not Dagster's implicit job
     }
     sensors = {
-        s.name: {"job": s.job_name, "minimum_interval_seconds": s.minimum_interval_seconds,
-                 "default_status": s.default_status.value}
+        s.name: {
+            "job": s.job_name,
+            "minimum_interval_seconds": s.minimum_interval_seconds,
+            "default_status": s.default_status.value,
+        }
         for s in defs.sensors or []
     }
     schedules = {
-        s.name: {"job": s.job_name, "cron_schedule": s.cron_schedule, "execution_timezone": s.execution_timezone,
-                 "default_status": s.default_status.value}
+        s.name: {
+            "job": s.job_name,
+            "cron_schedule": s.cron_schedule,
+            "execution_timezone": s.execution_timezone,
+            "default_status": s.default_status.value,
+        }
         for s in defs.schedules or []
     }
     resources = {
         name: {"type": type(resource).__name__, "fields": sorted(type(resource).model_fields)}
         for name, resource in (defs.resources or {}).items()
     }
-    return {"assets": assets, "asset_checks": checks, "jobs": jobs, "sensors": sensors, "schedules": schedules,
-            "resources": dict(sorted(resources.items()))}
+    return {
+        "assets": assets,
+        "asset_checks": checks,
+        "jobs": jobs,
+        "sensors": sensors,
+        "schedules": schedules,
+        "resources": dict(sorted(resources.items())),
+    }
 
 
 def _text(description: dict[str, Any]) -> str:
@@ -70,8 +84,9 @@ def _text(description: dict[str, Any]) -> str:
 def _described_with_defaults() -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM3LITE_")}
     script = "import runpy; runpy.run_path('tests/test_definitions_snapshot.py', run_name='__main__')"
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
 
@@ -84,8 +99,14 @@ def test_definitions_match_the_snapshot():
         return
     committed = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
     if now != committed:
-        diff = "".join(difflib.unified_diff(committed.splitlines(keepends=True), now.splitlines(keepends=True),
-                                            f"{SNAPSHOT.relative_to(ROOT)} (committed)", "the definitions now"))
+        diff = "".join(
+            difflib.unified_diff(
+                committed.splitlines(keepends=True),
+                now.splitlines(keepends=True),
+                f"{SNAPSHOT.relative_to(ROOT)} (committed)",
+                "the definitions now",
+            )
+        )
         raise AssertionError(
             f"the Dagster definitions differ from the committed snapshot:\n{diff}\n"
             f"If the change is intended, rewrite the snapshot with\n"

@@ -14,10 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_driver_end_to_end(tmp_path):
-    env = os.environ | {"DEMO_DIR": str(tmp_path / "demo"), "DEMO_IMAGES": "20", "DEMO_MINUTES": "0.05",
-                        "DEMO_FLOOR": "0", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-m", "sam3lite_pipeline.demo"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    env = os.environ | {
+        "DEMO_DIR": str(tmp_path / "demo"),
+        "DEMO_IMAGES": "20",
+        "DEMO_MINUTES": "0.05",
+        "DEMO_FLOOR": "0",
+        "OMP_NUM_THREADS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sam3lite_pipeline.demo"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert ": SUCCESS after" in out and "val mAP50" in out and "prediction on datasets/synthetic/val" in out
@@ -25,6 +31,7 @@ def test_demo_driver_end_to_end(tmp_path):
     pointer = json.loads((tmp_path / "demo" / "runs" / "active_model.json").read_text())
     assert pointer["checkpoint"].endswith("checkpoints/export.ckpt") and Path(pointer["checkpoint"]).is_file()
     assert (tmp_path / "demo" / "dagster_home" / "dagster.yaml").read_text() == (
-        ROOT / "deploy" / "dagster.yaml").read_text()
+        ROOT / "deploy" / "dagster.yaml"
+    ).read_text()
     history = json.loads((tmp_path / "demo" / "runs" / "activation_history.json").read_text())["entries"]
     assert [e["dataset"] for e in history] == ["synthetic"]

@@ -12,18 +12,22 @@ from sam3lite_core.train.denoising import DenoisingSettings, make_denoising_quer
 from sam3lite_core.train.losses import LossSettings, SetCriterion
 
 # 3 find queries: two boxes, none, one; Tmax = 2.
-TARGETS = torch.tensor([
-    [[0.30, 0.30, 0.20, 0.20], [0.60, 0.55, 0.10, 0.30]],
-    [[0.00, 0.00, 0.00, 0.00], [0.00, 0.00, 0.00, 0.00]],
-    [[0.50, 0.50, 0.40, 0.40], [0.00, 0.00, 0.00, 0.00]],
-])
+TARGETS = torch.tensor(
+    [
+        [[0.30, 0.30, 0.20, 0.20], [0.60, 0.55, 0.10, 0.30]],
+        [[0.00, 0.00, 0.00, 0.00], [0.00, 0.00, 0.00, 0.00]],
+        [[0.50, 0.50, 0.40, 0.40], [0.00, 0.00, 0.00, 0.00]],
+    ]
+)
 NUM_BOXES = torch.tensor([2, 0, 1])
 
 
 def test_off_or_without_boxes_there_are_no_queries():
     assert make_denoising_queries(TARGETS, NUM_BOXES, DenoisingSettings(groups=0)) is None
-    assert make_denoising_queries(torch.zeros(3, 2, 4), torch.zeros(3, dtype=torch.long),
-                                  DenoisingSettings(groups=2)) is None
+    assert (
+        make_denoising_queries(torch.zeros(3, 2, 4), torch.zeros(3, dtype=torch.long), DenoisingSettings(groups=2))
+        is None
+    )
 
 
 @pytest.mark.parametrize("noise", [0.1, 0.4, 1.0])
@@ -48,8 +52,12 @@ def test_every_edge_moves_within_the_noise_bound(noise):
 
 def _batch() -> Batch:
     return Batch(
-        images=torch.randn(2, 3, 112, 112), img_ids=torch.tensor([0, 0, 1]), prompts=["red circle", "blue square"],
-        prompt_ids=torch.tensor([0, 1, 0]), target_boxes=TARGETS, num_boxes=NUM_BOXES,
+        images=torch.randn(2, 3, 112, 112),
+        img_ids=torch.tensor([0, 0, 1]),
+        prompts=["red circle", "blue square"],
+        prompt_ids=torch.tensor([0, 1, 0]),
+        target_boxes=TARGETS,
+        num_boxes=NUM_BOXES,
     )
 
 
@@ -77,7 +85,8 @@ def _outputs(dn_boxes: torch.Tensor, dn_logits: torch.Tensor) -> dict:
         "pred_logits": torch.randn(3, 5, 1, generator=gen),
         "pred_boxes": torch.rand(3, 5, 4, generator=gen) * 0.5 + 0.1,
         "presence_logit_dec": torch.randn(3, 1, generator=gen),
-        "pred_logits_dn": dn_logits, "pred_boxes_dn": dn_boxes,
+        "pred_logits_dn": dn_logits,
+        "pred_boxes_dn": dn_boxes,
     }
     return dict(layer, aux_outputs=[dict(layer)])
 
@@ -94,8 +103,9 @@ def test_each_denoising_query_is_scored_against_its_own_box_only():
         assert losses[f"loss_bbox{suffix}"].item() == pytest.approx(0.0, abs=1e-6)
         assert losses[f"loss_giou{suffix}"].item() == pytest.approx(0.0, abs=1e-6)
         assert losses[f"loss_ce{suffix}"].item() > 0  # the soft target is p^0.25 at IoU 1, below p
-    assert set(losses) - set(base) == {f"{key}{suffix}" for key in ("loss_ce", "loss_bbox", "loss_giou")
-                                       for suffix in ("_dn", "_0_dn")}
+    assert set(losses) - set(base) == {
+        f"{key}{suffix}" for key in ("loss_ce", "loss_bbox", "loss_giou") for suffix in ("_dn", "_0_dn")
+    }
     assert losses["loss"] > base["loss"]
 
     # Swapping two valid slots' predictions costs box loss (no matching), moving padding slots costs nothing.

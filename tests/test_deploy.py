@@ -45,12 +45,18 @@ def test_grpc_workspace_names_the_location():
 
 
 def test_multinode_settings_reach_the_launcher(tmp_path):
-    env = dict(line.split("=", 1) for line in (DEPLOY / "scale-out" / "multinode.env").read_text().splitlines()
-               if line and not line.startswith("#"))
-    script = ("import json; from sam3lite_pipeline.definitions import defs; "
-              "print(json.dumps(defs.resources['launcher'].model_dump()))")
-    out = subprocess.run([sys.executable, "-c", script], env=os.environ | env, capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
+    env = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / "scale-out" / "multinode.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    script = (
+        "import json; from sam3lite_pipeline.definitions import defs; "
+        "print(json.dumps(defs.resources['launcher'].model_dump()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=os.environ | env, capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
     launcher = TrainLauncher(**json.loads(out.strip().splitlines()[-1]))
     assert (launcher.nproc_per_node, launcher.nnodes, launcher.master_addr) == (8, 2, "10.0.0.10")
     command = training_command(launcher, "run.yaml")

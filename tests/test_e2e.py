@@ -20,8 +20,10 @@ GATES = {"coco_valid", "dataset_unchanged", "map_floor", "no_regression", "infer
 
 
 def _run_config(in_process: bool = False, **fields) -> dict:
-    config = {"ops": {"trained_model": {"config": {**TINY_RUN, **fields}}},
-              "resources": {"gates": {"config": {"map_floor": 0.0}}}}
+    config = {
+        "ops": {"trained_model": {"config": {**TINY_RUN, **fields}}},
+        "resources": {"gates": {"config": {"map_floor": 0.0}}},
+    }
     # The default multiprocess executor spawns a process per step (seconds each on 2 cores); the cancelled run
     # keeps it, so cancellation is shown through the executor a production run uses.
     return config | ({"execution": {"config": {"in_process": {}}}} if in_process else {})
@@ -34,9 +36,14 @@ def test_backend_launches_follows_reads_and_cancels(tmp_path):
     mark = uuid.uuid4().hex
     marker = f"SAM3LITE_TEST_MARK={mark}"
     env = {"SAM3LITE_HOME": str(home), "OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
-    with dagster_server(home=tmp_path / "dagster_home", module="sam3lite_pipeline.definitions", daemon=True,
-                        instance_config=(ROOT / "deploy" / "dagster.yaml").read_text(), working_directory=ROOT,
-                        env=env) as server:
+    with dagster_server(
+        home=tmp_path / "dagster_home",
+        module="sam3lite_pipeline.definitions",
+        daemon=True,
+        instance_config=(ROOT / "deploy" / "dagster.yaml").read_text(),
+        working_directory=ROOT,
+        env=env,
+    ) as server:
         client = TriggerClient(server.url)
         run_id = client.launch(DATASET, _run_config(in_process=True), tags={"backend_request_id": "req-1"})
         messages, long_run = [], None
@@ -47,7 +54,8 @@ def test_backend_launches_follows_reads_and_cancels(tmp_path):
                 # first one's while its run worker and step processes start (seconds each on 2 cores).
                 long_run = client.launch(DATASET, _run_config(max_epochs=1000))
         assert long_run is not None and any(m.startswith("validation after epoch 1/1") for m in messages), (
-            server.log_tail())
+            server.log_tail()
+        )
         assert client.wait(run_id, poll_s=0.25, timeout_s=60).status == "SUCCESS"
         result = client.result(run_id)
         assert result.activated and result.checkpoint.endswith("checkpoints/export.ckpt")

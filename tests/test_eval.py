@@ -34,18 +34,33 @@ def synthetic_coco(seed: int = 0) -> tuple[dict, list[dict]]:
             category = rng.choice([1, 2, 5])
             w, h = rng.choice([10, 50, 200]), rng.choice([12, 60, 180])
             x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": category,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
             if rng.random() < 0.8:
                 label = category if rng.random() < 0.85 else rng.choice([1, 2, 5])
                 jitter = [rng.uniform(-5, 5), rng.uniform(-5, 5), rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)]
                 box = [x + jitter[0], y + jitter[1], w * jitter[2], h * jitter[3]]
-                detections.append({"image_id": image["id"], "category_id": label, "bbox": box,
-                                   "score": round(rng.random(), 5)})
+                detections.append(
+                    {"image_id": image["id"], "category_id": label, "bbox": box, "score": round(rng.random(), 5)}
+                )
         for _ in range(3):
             box = [rng.uniform(0, 500), rng.uniform(0, 400), 40, 40]
-            detections.append({"image_id": image["id"], "category_id": rng.choice([1, 2, 5, 9]), "bbox": box,
-                               "score": round(rng.random() * 0.5, 5)})
+            detections.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": rng.choice([1, 2, 5, 9]),
+                    "bbox": box,
+                    "score": round(rng.random() * 0.5, 5),
+                }
+            )
     return {"images": images, "categories": CATEGORIES, "annotations": annotations}, detections
 
 
@@ -131,10 +146,13 @@ def test_detections_hand_checked():
 
 
 def test_merge_keeps_top_scores_per_image_and_first_rank_per_pair():
-    rank0 = [{"image_id": 1, "category_id": c, "bbox": [0, 0, 1, 1], "score": s}
-             for c, s in [(1, 0.9), (2, 0.1), (1, 0.5)]]
-    rank1 = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.99},  # repeat of rank 0's pair
-             {"image_id": 2, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 0.3}]
+    rank0 = [
+        {"image_id": 1, "category_id": c, "bbox": [0, 0, 1, 1], "score": s} for c, s in [(1, 0.9), (2, 0.1), (1, 0.5)]
+    ]
+    rank1 = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.99},  # repeat of rank 0's pair
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 0.3},
+    ]
     merged = merge_detections([rank0, rank1], max_dets=2)
     assert sorted((d["image_id"], d["score"]) for d in merged) == [(1, 0.5), (1, 0.9), (2, 0.3)]
 
@@ -153,11 +171,14 @@ def test_detections_equal_vendor_dumper(vendor, tmp_path, monkeypatch):
         sizes = torch.tensor([[480, 640], [480, 640], [375, 500]])[: len(image_ids)]
         ours.append(coco_detections(outputs, image_ids, category_ids, sizes))
         meta = SimpleNamespace(
-            original_size=sizes, original_image_id=torch.tensor(image_ids), coco_image_id=torch.tensor(image_ids),
+            original_size=sizes,
+            original_image_id=torch.tensor(image_ids),
+            coco_image_id=torch.tensor(image_ids),
             original_category_id=torch.tensor(category_ids, dtype=torch.int),
         )
-        dumper = coco_writer.PredictionDumper(str(tmp_path), postprocessor, maxdets=100, iou_type="bbox",
-                                              merge_predictions=True)
+        dumper = coco_writer.PredictionDumper(
+            str(tmp_path), postprocessor, maxdets=100, iou_type="bbox", merge_predictions=True
+        )
         stages = sam3_output([[outputs]], iter_mode=sam3_output.IterMode.LAST_STEP_PER_STAGE)  # as the model returns
         dumper.update(find_stages=stages, find_metadatas=[meta])
         dumpers.append(dumper)

@@ -117,8 +117,11 @@ def test_layer_scan_sees_lazy_and_named_imports(tmp_path):
         "    import importlib\n    return importlib.import_module('sam3lite_pipeline.definitions')\n"
     )
     names = _named_modules(source, tmp_path)
-    assert {"sam3lite_core.model.config.ModelConfig", "sam3lite_core.train.loop.train",
-            "sam3lite_pipeline.definitions"} <= names
+    assert {
+        "sam3lite_core.model.config.ModelConfig",
+        "sam3lite_core.train.loop.train",
+        "sam3lite_pipeline.definitions",
+    } <= names
     assert _layer("sam3lite_core.train.loop") > _layer("sam3lite_core.model.probe")
     assert _layer("sam3lite_core.train.__main__") == _layer("sam3lite_core.cli")
 
@@ -165,7 +168,11 @@ print(json.dumps({"imported": imported, "failed": failed, "leaked": leaked}))
 def _import_everything(blocked: list[str], packages: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _IMPORT_ALL, ",".join(blocked), ",".join(packages)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -60,8 +60,11 @@ def test_term_names_and_total():
 def test_query_without_ground_truth_gets_presence_but_no_box_terms():
     outputs, target_boxes, num_boxes = random_outputs(1, num_preds=30, o2m=False)
     losses = SetCriterion()(outputs, target_boxes, num_boxes)
-    assert set(losses) == {f"{key}{suffix}" for key in ("loss_ce", "loss_bbox", "loss_giou", "loss_presence")
-                           for suffix in ["", *(f"_{i}" for i in range(NUM_AUX))]} | {"loss"}
+    assert set(losses) == {
+        f"{key}{suffix}"
+        for key in ("loss_ce", "loss_bbox", "loss_giou", "loss_presence")
+        for suffix in ["", *(f"_{i}" for i in range(NUM_AUX))]
+    } | {"loss"}
     losses["loss"].backward()
     # Query 1 has no target: its per-prediction logits get no gradient, its presence logit does.
     assert torch.all(outputs["pred_logits"].grad[1] == 0)
@@ -106,12 +109,24 @@ def vendor_criterion(monkeypatch):
     )
     boxes = loss_fns.Boxes(weight_dict={"loss_bbox": 5.0, "loss_giou": 2.0})
     iabce = loss_fns.IABCEMdetr(
-        weak_loss=False, weight_dict={"loss_ce": 20.0, "presence_loss": 20.0}, pos_weight=10.0, alpha=0.25,
-        gamma=2, use_presence=True, pos_focal=False, pad_n_queries=200, pad_scale_pos=1.0,
+        weak_loss=False,
+        weight_dict={"loss_ce": 20.0, "presence_loss": 20.0},
+        pos_weight=10.0,
+        alpha=0.25,
+        gamma=2,
+        use_presence=True,
+        pos_focal=False,
+        pad_n_queries=200,
+        pad_scale_pos=1.0,
     )
     wrapper = vendor_harness.vendor_class("sam3.train.loss.sam3_loss", "Sam3LossWrapper")(
-        loss_fns_find=[boxes, iabce], normalization="global", matcher=matcher, o2m_matcher=o2m_matcher,
-        o2m_weight=2.0, use_o2m_matcher_on_o2m_aux=False, scale_by_find_batch_size=True,
+        loss_fns_find=[boxes, iabce],
+        normalization="global",
+        matcher=matcher,
+        o2m_matcher=o2m_matcher,
+        o2m_weight=2.0,
+        use_o2m_matcher_on_o2m_aux=False,
+        scale_by_find_batch_size=True,
     )
     return wrapper, matcher
 
@@ -151,8 +166,9 @@ def test_loss_equals_vendor(vendor, monkeypatch, single_process_group, num_preds
     ours_in, target_boxes, num_boxes = random_outputs(4, num_preds=num_preds)
     theirs_in = {key: value for key, value in ours_in.items() if key != "aux_outputs"}
     theirs_in = {key: value.detach().clone().requires_grad_() for key, value in theirs_in.items()}
-    theirs_in["aux_outputs"] = [{key: value.detach().clone().requires_grad_() for key, value in aux.items()}
-                                for aux in ours_in["aux_outputs"]]
+    theirs_in["aux_outputs"] = [
+        {key: value.detach().clone().requires_grad_() for key, value in aux.items()} for aux in ours_in["aux_outputs"]
+    ]
 
     ours = SetCriterion()(ours_in, target_boxes, num_boxes)
     theirs = vendor_losses(monkeypatch, theirs_in, target_boxes, num_boxes)

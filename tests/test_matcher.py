@@ -21,8 +21,13 @@ def random_problem(seed: int, num_queries: int = 5, num_preds: int = 30, counts=
         centres = torch.rand(count, 2, generator=gen) * 0.6 + 0.2
         sizes = torch.rand(count, 2, generator=gen) * 0.3 + 0.05
         target_boxes[q, :count] = torch.cat([centres, sizes], dim=1)
-    pred_boxes = torch.cat([torch.rand(num_queries, num_preds, 2, generator=gen) * 0.8 + 0.1,
-                            torch.rand(num_queries, num_preds, 2, generator=gen) * 0.3 + 0.05], dim=-1)
+    pred_boxes = torch.cat(
+        [
+            torch.rand(num_queries, num_preds, 2, generator=gen) * 0.8 + 0.1,
+            torch.rand(num_queries, num_preds, 2, generator=gen) * 0.3 + 0.05,
+        ],
+        dim=-1,
+    )
     # Half the predictions are jittered copies of a target, so the one-to-many matcher finds pairs too.
     for q, count in enumerate(num_boxes.tolist()):
         for p in range(0, num_preds, 2):

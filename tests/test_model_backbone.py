@@ -11,6 +11,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reference_keys import reference_keys
+from vendor_detector import vendor_vit
+from vendor_harness import vendor_class, vendor_tokenizer
 
 from sam3lite_core.model import chunked
 from sam3lite_core.model.backbone import Backbone
@@ -21,17 +24,12 @@ from sam3lite_core.model.rope import block_rope
 from sam3lite_core.model.text_encoder import LanguageBackbone
 from sam3lite_core.model.vit import ViT
 from sam3lite_core.tokenizer import Tokenizer
-from reference_keys import reference_keys
-from vendor_detector import vendor_vit
-from vendor_harness import vendor_class, vendor_tokenizer
 
 TOL = 1e-5
 TINY = PRESETS["tiny"]
 # A grid that is a multiple of neither the window (9 vs 4: padded windows) nor the pretraining grid (9 vs 4: the
 # tiled table is cropped), a window block after the last global block, mlp_ratio and drop_path as in sam3.
-UNEVEN = replace(
-    TINY.vision, image_size=126, depth=3, global_blocks=(1,), mlp_ratio=4.625, drop_path=0.2
-)
+UNEVEN = replace(TINY.vision, image_size=126, depth=3, global_blocks=(1,), mlp_ratio=4.625, drop_path=0.2)
 
 
 def vendor_sine(dim: int) -> torch.nn.Module:
@@ -88,8 +86,11 @@ def test_neck_level_and_position_encoding_match_vendor(vendor) -> None:
     torch.manual_seed(0)
     d_model = TINY.transformer.d_model
     neck = vendor_class("sam3.model.necks", "Sam3DualViTDetNeck")(
-        trunk=vendor_vit(TINY.vision), position_encoding=vendor_sine(d_model), d_model=d_model,
-        scale_factors=list(TINY.vision.neck_scales), add_sam2_neck=False,
+        trunk=vendor_vit(TINY.vision),
+        position_encoding=vendor_sine(d_model),
+        d_model=d_model,
+        scale_factors=list(TINY.vision.neck_scales),
+        add_sam2_neck=False,
     ).eval()
     ours = VisionBackbone(TINY).eval()
     ours.load_state_dict(neck.state_dict(), strict=True)
@@ -117,8 +118,13 @@ def test_text_encoder_matches_vendor(vendor) -> None:
     text = replace(TINY.text, layers=2, mlp_width=4 * TINY.text.width, projection_dim=512)
     cfg = replace(TINY, text=text)
     theirs = vendor_class("sam3.model.text_encoder_ve", "VETextEncoder")(
-        d_model=cfg.transformer.d_model, tokenizer=vendor_tokenizer(), width=text.width, heads=text.heads,
-        layers=text.layers, context_length=text.context_length, vocab_size=text.vocab_size,
+        d_model=cfg.transformer.d_model,
+        tokenizer=vendor_tokenizer(),
+        width=text.width,
+        heads=text.heads,
+        layers=text.layers,
+        context_length=text.context_length,
+        vocab_size=text.vocab_size,
         use_act_checkpoint=False,
     ).eval()
     with torch.no_grad():  # upstream leaves these torch.empty
@@ -142,7 +148,11 @@ def test_rope_tables_at_1008_equal_vendor_buffers(vendor) -> None:
     window = (vision.window_size, vision.window_size)
     for block, size in ((0, window), (vision.global_blocks[0], (vision.grid_size, vision.grid_size))):
         theirs = attention(
-            vision.width, num_heads=vision.heads, use_rope=True, input_size=size, rope_pt_size=window,
+            vision.width,
+            num_heads=vision.heads,
+            use_rope=True,
+            input_size=size,
+            rope_pt_size=window,
             rope_interp=True,
         ).freqs_cis
         ours = block_rope(vision, block)

@@ -10,12 +10,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 import vendor_detector as vd
 import vendor_harness
+
 from sam3lite_core.batch import Batch
-from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.inference import predict, preprocess_image
+from sam3lite_core.model.sam3lite import build_model
 
 REFERENCE_TSV = Path(__file__).parent / "fixtures" / "sam3_boxonly_state_dict.tsv"
 KEYS = ("pred_logits", "pred_boxes", "pred_boxes_xyxy", "presence_logit_dec")
@@ -44,8 +44,12 @@ def _vendor_batch(images, prompts, img_ids, text_ids, geometry, device="cpu"):
         boxes, labels = torch.zeros(q, 0, 4, device=device), torch.zeros(q, 0, dtype=torch.long, device=device)
         padding = torch.zeros(q, 0, dtype=torch.bool, device=device)
     find = data_misc.FindStage(
-        img_ids=img_ids, text_ids=text_ids, input_boxes=boxes.transpose(0, 1), input_boxes_mask=padding,
-        input_boxes_label=labels.transpose(0, 1), input_points=torch.zeros(q, 0, 257, device=device),
+        img_ids=img_ids,
+        text_ids=text_ids,
+        input_boxes=boxes.transpose(0, 1),
+        input_boxes_mask=padding,
+        input_boxes_label=labels.transpose(0, 1),
+        input_points=torch.zeros(q, 0, 257, device=device),
         input_points_mask=torch.zeros(q, 0, dtype=torch.bool, device=device),
     )
     return data_misc.BatchedDatapoint(

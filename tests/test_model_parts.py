@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 import vendor_detector as vd
+
 from sam3lite_core.model import chunked
 from sam3lite_core.model.config import PRESETS
 from sam3lite_core.model.decoder import BoxDecoder
@@ -26,8 +26,17 @@ from sam3lite_core.model.scoring import DotProductScoring
 TOL = 1e-5
 CFG = PRESETS["tiny"]
 T = replace(
-    CFG.transformer, d_model=32, heads=4, ffn_dim=48, dropout=0.0, geometry_layers=2, encoder_layers=2,
-    decoder_layers=3, num_queries=6, num_o2m_queries=6, scoring_mlp_dim=40,
+    CFG.transformer,
+    d_model=32,
+    heads=4,
+    ffn_dim=48,
+    dropout=0.0,
+    geometry_layers=2,
+    encoder_layers=2,
+    decoder_layers=3,
+    num_queries=6,
+    num_o2m_queries=6,
+    scoring_mlp_dim=40,
 )
 MODEL_CFG = replace(CFG, transformer=T)
 Q = 3  # find queries
@@ -109,8 +118,14 @@ def test_geometry_encoder_with_positive_and_negative_boxes(vendor):
 
     # Left padding works too: the valid boxes are moved to the front, in order, before encoding.
     order = (~padding).long().argsort(dim=1, stable=True)
-    left = ours(image, pos, (h, w), boxes.gather(1, order[..., None].expand(-1, -1, 4)), labels.gather(1, order),
-                padding.gather(1, order))
+    left = ours(
+        image,
+        pos,
+        (h, w),
+        boxes.gather(1, order[..., None].expand(-1, -1, 4)),
+        labels.gather(1, order),
+        padding.gather(1, order),
+    )
     valid = ~mask.T
     assert torch.equal(left[1], mask)
     assert vd.max_abs_diff(left[0][valid], tokens[valid]) <= TOL
@@ -136,8 +151,12 @@ def test_fusion_encoder_matches_upstream(vendor, monkeypatch, chunk_rows):
     prompt, prompt_mask = _prompt(seed=8)
     memory = ours(image, pos, img_ids, prompt, prompt_mask)
     ref = theirs(
-        src=[image[:, img_ids]], prompt=prompt, src_pos=[pos[:, img_ids]], prompt_key_padding_mask=prompt_mask,
-        prompt_pos=torch.zeros_like(prompt), feat_sizes=[(h, w)],
+        src=[image[:, img_ids]],
+        prompt=prompt,
+        src_pos=[pos[:, img_ids]],
+        prompt_key_padding_mask=prompt_mask,
+        prompt_pos=torch.zeros_like(prompt),
+        feat_sizes=[(h, w)],
     )
     assert memory.shape == (h * w, Q, T.d_model)
     assert vd.max_abs_diff(memory, ref["memory"]) <= TOL
@@ -149,10 +168,18 @@ def _vendor_decode(theirs: torch.nn.Module, memory, pos, prompt, prompt_mask, fe
     inverse_sigmoid = importlib.import_module("sam3.model.model_misc").inverse_sigmoid
     tgt = theirs.query_embed.weight.unsqueeze(1).repeat(1, memory.shape[1], 1)
     hs, refs, presence, _ = theirs(
-        tgt=tgt, memory=memory, memory_key_padding_mask=None, pos=pos, reference_boxes=None,
-        level_start_index=torch.zeros(1, dtype=torch.long), spatial_shapes=torch.tensor([feat_size]),
-        valid_ratios=torch.ones(memory.shape[1], 1, 2), tgt_mask=None, memory_text=prompt,
-        text_attention_mask=prompt_mask, apply_dac=train,
+        tgt=tgt,
+        memory=memory,
+        memory_key_padding_mask=None,
+        pos=pos,
+        reference_boxes=None,
+        level_start_index=torch.zeros(1, dtype=torch.long),
+        spatial_shapes=torch.tensor([feat_size]),
+        valid_ratios=torch.ones(memory.shape[1], 1, 2),
+        tgt_mask=None,
+        memory_text=prompt,
+        text_attention_mask=prompt_mask,
+        apply_dac=train,
     )
     hs, refs = hs.transpose(1, 2), refs.transpose(1, 2)
     boxes = (inverse_sigmoid(refs) + theirs.bbox_embed(hs)).sigmoid()

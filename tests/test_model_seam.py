@@ -18,9 +18,15 @@ def _batch(with_boxes: bool) -> Batch:
         boxes = torch.tensor([[[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]]] * 3)
         labels = torch.tensor([[1, 0], [1, 1], [0, 0]])
         padding = torch.tensor([[False, False], [False, True], [False, True]])
-    return Batch(images=torch.rand(2, 3, 112, 112, generator=g) * 2 - 1, img_ids=torch.tensor([0, 1, 1]),
-                 prompts=["a cat", "dog"], prompt_ids=torch.tensor([0, 0, 1]), box_prompts=boxes, box_labels=labels,
-                 box_padding=padding)
+    return Batch(
+        images=torch.rand(2, 3, 112, 112, generator=g) * 2 - 1,
+        img_ids=torch.tensor([0, 1, 1]),
+        prompts=["a cat", "dog"],
+        prompt_ids=torch.tensor([0, 0, 1]),
+        box_prompts=boxes,
+        box_labels=labels,
+        box_padding=padding,
+    )
 
 
 def _assert_identical(a: dict, b: dict) -> None:

@@ -128,25 +128,42 @@ def vendor_groups(model: nn.Module, trunk: nn.Module) -> list[dict]:
     def lr(base: float, names: list[str] | None = None) -> dict:
         scheduler = {
             "_target_": "sam3.train.optim.schedulers.InverseSquareRootParamScheduler",
-            "base_lr": base, "timescale": 20, "warmup_steps": 20, "cooldown_steps": 20,
+            "base_lr": base,
+            "timescale": 20,
+            "warmup_steps": 20,
+            "cooldown_steps": 20,
         }
         return {"scheduler": scheduler, **({"param_names": names} if names else {})}
 
     constant = "fvcore.common.param_scheduler.ConstantParamScheduler"
-    options = omegaconf.OmegaConf.create({
-        "lr": [lr(8e-4 * 0.1), lr(2.5e-4 * 0.1, ["backbone.vision_backbone.*"]),
-               lr(5e-5 * 0.1, ["backbone.language_backbone.*"])],
-        "weight_decay": [
-            {"scheduler": {"_target_": constant, "value": 0.1}},
-            {"scheduler": {"_target_": constant, "value": 0.0}, "param_names": ["*bias*"],
-             "module_cls_names": ["torch.nn.LayerNorm"]},
-        ],
-    })
-    modifiers = [omegaconf.OmegaConf.create({
-        "_target_": "sam3.train.optim.optimizer.layer_decay_param_modifier", "_partial_": True,
-        "layer_decay_value": 0.9, "apply_to": "backbone.vision_backbone.trunk",
-        "overrides": [{"pattern": "*pos_embed*", "value": 1.0}],
-    })]
+    options = omegaconf.OmegaConf.create(
+        {
+            "lr": [
+                lr(8e-4 * 0.1),
+                lr(2.5e-4 * 0.1, ["backbone.vision_backbone.*"]),
+                lr(5e-5 * 0.1, ["backbone.language_backbone.*"]),
+            ],
+            "weight_decay": [
+                {"scheduler": {"_target_": constant, "value": 0.1}},
+                {
+                    "scheduler": {"_target_": constant, "value": 0.0},
+                    "param_names": ["*bias*"],
+                    "module_cls_names": ["torch.nn.LayerNorm"],
+                },
+            ],
+        }
+    )
+    modifiers = [
+        omegaconf.OmegaConf.create(
+            {
+                "_target_": "sam3.train.optim.optimizer.layer_decay_param_modifier",
+                "_partial_": True,
+                "layer_decay_value": 0.9,
+                "apply_to": "backbone.vision_backbone.trunk",
+                "overrides": [{"pattern": "*pos_embed*", "value": 1.0}],
+            }
+        )
+    ]
     optimizer = vendor_optim.construct_optimizer(
         model, omegaconf.OmegaConf.create({"_target_": "torch.optim.AdamW"}), options, modifiers
     )

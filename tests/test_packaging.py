@@ -16,8 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_ships_vocab_and_a_fresh_venv_finds_it(tmp_path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
     )
     (wheel,) = wheel_dir.glob("sam3lite-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -32,7 +44,8 @@ def test_wheel_ships_vocab_and_a_fresh_venv_finds_it(tmp_path):
     python = env_dir / "bin" / "python"
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     # `bpe` needs only the standard library, so the fresh venv can import it without torch.
     probe = (

@@ -14,7 +14,14 @@ import dagster as dg
 import pytest
 import yaml
 from pipeline_harness import (
-    DATASET, checks, metadata, pipeline_defs, run_job, stage, train_config, training_processes,
+    DATASET,
+    checks,
+    metadata,
+    pipeline_defs,
+    run_job,
+    stage,
+    train_config,
+    training_processes,
 )
 from serve_harness import TOKEN, Server
 
@@ -122,7 +129,9 @@ def test_impossible_floor_stops_activation(trained):
     assert not result.success and checks(result)["map_floor"] is False
     # In retrain the failed blocking check skips activation: the same evaluation then active_checkpoint.
     gated = strict.resolve_job_def("retrain").execute_in_process(
-        instance=instance, partition_key=DATASET, raise_on_error=False,
+        instance=instance,
+        partition_key=DATASET,
+        raise_on_error=False,
         asset_selection=[dg.AssetKey("evaluation"), dg.AssetKey("active_checkpoint")],
     )
     assert not gated.success and checks(gated)["map_floor"] is False
@@ -141,7 +150,9 @@ def test_regression_against_the_incumbent_is_refused(trained):
     history.record(history.incumbent(DATASET).model_copy(update={"checkpoint": str(copy), "value": 0.99}))
     before = _state(home)
     gated = definitions.resolve_job_def("retrain").execute_in_process(
-        instance=instance, partition_key=DATASET, raise_on_error=False,
+        instance=instance,
+        partition_key=DATASET,
+        raise_on_error=False,
         asset_selection=[dg.AssetKey("evaluation"), dg.AssetKey("active_checkpoint")],
     )
     assert not gated.success
@@ -201,8 +212,7 @@ def test_a_checkpoint_the_service_cannot_load_fails_the_confirmation_and_is_roll
 def test_evaluate_job_on_a_chosen_checkpoint(trained):
     home, definitions, instance, result = trained
     chosen = metadata(result, "trained_model")["last_checkpoint"]
-    evaluated = run_job(definitions, "evaluate", instance,
-                        {"ops": {"evaluation": {"config": {"checkpoint": chosen}}}})
+    evaluated = run_job(definitions, "evaluate", instance, {"ops": {"evaluation": {"config": {"checkpoint": chosen}}}})
     assert evaluated.success and metadata(evaluated, "evaluation")["checkpoint"] == chosen
 
 
@@ -236,15 +246,21 @@ def test_tator_mode_against_the_real_inference_service(trained):
 def test_bad_training_config_fails_before_launch(trained):
     home, definitions, instance, _ = trained
     bad = definitions.resolve_job_def("retrain").execute_in_process(
-        instance=instance, partition_key=DATASET, raise_on_error=False, run_config=train_config(resolution=100),
+        instance=instance,
+        partition_key=DATASET,
+        raise_on_error=False,
+        run_config=train_config(resolution=100),
         asset_selection=[dg.AssetKey("trained_model")],
     )
     failure = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
     assert "run config ops.trained_model.config: resolution" in failure and "use 98 or 112" in failure
     assert not training_processes()
     # Names, types and choices are checked by Dagster when the run is launched (launchpad, GraphQL, CLI).
-    for wrong, field in (({"not_a_field": 1}, "not_a_field"), ({"preset": "huge"}, "preset"),
-                         ({"max_epochs": "ten"}, "max_epochs")):
+    for wrong, field in (
+        ({"not_a_field": 1}, "not_a_field"),
+        ({"preset": "huge"}, "preset"),
+        ({"max_epochs": "ten"}, "max_epochs"),
+    ):
         with pytest.raises(dg.DagsterInvalidConfigError, match=field):
             run_job(definitions, "retrain", instance, train_config(**wrong))
 
@@ -259,12 +275,14 @@ def test_training_failure_shows_the_last_lines(trained, tmp_path):
     assert not training_processes()
 
 
-
 def test_wall_clock_limit_stops_the_whole_tree(trained):
     home, _, instance, _ = trained
     limited = pipeline_defs(home, launcher=TrainLauncher(wall_clock_limit_minutes=0.1, termination_grace_s=5))
     result = limited.resolve_job_def("retrain").execute_in_process(
-        instance=instance, partition_key=DATASET, raise_on_error=False, run_config=train_config(max_epochs=500),
+        instance=instance,
+        partition_key=DATASET,
+        raise_on_error=False,
+        run_config=train_config(max_epochs=500),
         asset_selection=[dg.AssetKey("trained_model")],
     )
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
@@ -294,9 +312,13 @@ def test_dataset_edited_during_training_is_marked_and_not_activated(trained):
     assert checks(result) == {"coco_valid": True, "dataset_unchanged": False}
     model = metadata(result, "trained_model")
     assert model["dataset_changed"] is True and model["dataset_signature"] == "changed during training"
-    version = next(e for e in result.get_asset_materialization_events()
-                   if e.asset_key.path == ["trained_model"]).materialization.tags["dagster/data_version"]
+    version = next(
+        e for e in result.get_asset_materialization_events() if e.asset_key.path == ["trained_model"]
+    ).materialization.tags["dagster/data_version"]
     assert version.startswith("changed-during-")
     assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {
-        "staged_dataset", "coco_dataset", "trained_model"}
+        "staged_dataset",
+        "coco_dataset",
+        "trained_model",
+    }
     assert _state(home) == before and History(home / "runs").incumbent("edited") is None

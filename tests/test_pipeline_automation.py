@@ -124,7 +124,16 @@ def test_schedule_hash_matches_what_training_records(home):
 
     roots = storage(home)
     dataset = home / "datasets" / "a"
-    recorded = TrainConfig.parse({"dataset": str(dataset), "runs_root": str(home / "runs"), "run_name": "r1",
-                                  "cache_dir": str(home / "cache"), "num_gpus": 2, "device": "cpu",
-                                  "val_percent": 0.2, "split_seed": 42}).resolved_hash()
+    recorded = TrainConfig.parse(
+        {
+            "dataset": str(dataset),
+            "runs_root": str(home / "runs"),
+            "run_name": "r1",
+            "cache_dir": str(home / "cache"),
+            "num_gpus": 2,
+            "device": "cpu",
+            "val_percent": 0.2,
+            "split_seed": 42,
+        }
+    ).resolved_hash()
     assert standing_config_hash(roots, "a") == recorded

@@ -37,20 +37,46 @@ def test_cancel_kills_every_training_process(tmp_path):
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.add_dynamic_partitions("datasets", [DATASET])
     run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text(yaml.safe_dump({
-        "ops": {"trained_model": {"config": {**TINY_RUN, "max_epochs": 1000}}},
-        "execution": {"config": {"in_process": {}}},
-    }))
+    run_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "ops": {"trained_model": {"config": {**TINY_RUN, "max_epochs": 1000}}},
+                "execution": {"config": {"in_process": {}}},
+            }
+        )
+    )
     mark = uuid.uuid4().hex
     marker = f"SAM3LITE_TEST_MARK={mark}"
-    env = os.environ | {"DAGSTER_HOME": str(dagster_home), "SAM3LITE_HOME": str(home),
-                        "SAM3LITE_NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
+    env = os.environ | {
+        "DAGSTER_HOME": str(dagster_home),
+        "SAM3LITE_HOME": str(home),
+        "SAM3LITE_NPROC_PER_NODE": "2",
+        "OMP_NUM_THREADS": "1",
+        "SAM3LITE_TEST_MARK": mark,
+    }
     log = tmp_path / "dagster.log"
     with log.open("wb") as out:
         job = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "job", "execute", "-m", "sam3lite_pipeline.definitions", "-j", "retrain",
-             "-c", str(run_yaml), "--tags", f'{{"dagster/partition": "{DATASET}"}}'],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "job",
+                "execute",
+                "-m",
+                "sam3lite_pipeline.definitions",
+                "-j",
+                "retrain",
+                "-c",
+                str(run_yaml),
+                "--tags",
+                f'{{"dagster/partition": "{DATASET}"}}',
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         # torchrun and its two workers, and a finished epoch's checkpoint.

@@ -73,8 +73,12 @@ def test_evaluation_candidate(tmp_path):
 
 
 def _incumbent(checkpoint: str, **fields) -> Activation:
-    return Activation(dataset=DATASET, action="activate", checkpoint=checkpoint,
-                      **{"label": "inc", "metric": "AP50", "value": 0.75, "val_set": "v1", **fields})
+    return Activation(
+        dataset=DATASET,
+        action="activate",
+        checkpoint=checkpoint,
+        **{"label": "inc", "metric": "AP50", "value": 0.75, "val_set": "v1", **fields},
+    )
 
 
 def test_incumbent_baseline(tmp_path):
@@ -141,8 +145,14 @@ def test_activation_target_manual_skips_the_gates(tmp_path):
 def test_activation_target_follows_the_latest_evaluation(tmp_path):
     history = History(tmp_path)
     chosen = _checkpoint(tmp_path, "r1")
-    evaluation = {"checkpoint": chosen, "gates_passed": True, "gate_metric": "AP50", "candidate_value": 0.5,
-                  "val_set": "v1", **{name: 0.25 for name in STAT_NAMES}}
+    evaluation = {
+        "checkpoint": chosen,
+        "gates_passed": True,
+        "gate_metric": "AP50",
+        "candidate_value": 0.5,
+        "val_set": "v1",
+        **{name: 0.25 for name in STAT_NAMES},
+    }
     entry = _target(history, latest_evaluation=lambda: evaluation)
     assert (entry.action, entry.checkpoint, entry.label) == ("activate", chosen, "r1")
     assert (entry.metric, entry.value, entry.val_set) == ("AP50", 0.5, "v1")

@@ -18,25 +18,32 @@ def test_blocks_lists_and_the_class_table():
     assert code_block("a\nb") == "```\na\nb\n```"
     assert bullet_list(["x", "y"]) == "- x\n- y" and bullet_list([]) == "none"
     assert class_table(["cat", "dog"], [3, 0]).splitlines() == [
-        "| id | class | boxes |", "|---:|---|---:|", "| 0 | cat | 3 |", "| 1 | dog | 0 |"]
+        "| id | class | boxes |",
+        "|---:|---|---:|",
+        "| 0 | cat | 3 |",
+        "| 1 | dog | 0 |",
+    ]
 
 
 def test_epochs_table_merges_epoch_and_val_rows(tmp_path):
     assert epochs_table(tmp_path / "metrics.csv") == "no metrics.csv"
     csv = tmp_path / "metrics.csv"
-    csv.write_text("phase,epoch,step,loss,AP,AP50\n"
-                   "train,1,1,2.5,,\n"
-                   "epoch,1,5,1.23456,,\n"
-                   "val,1,5,,0.125,0.5\n"
-                   "epoch,2,10,1.0,,\n")
+    csv.write_text(
+        "phase,epoch,step,loss,AP,AP50\ntrain,1,1,2.5,,\nepoch,1,5,1.23456,,\nval,1,5,,0.125,0.5\nepoch,2,10,1.0,,\n"
+    )
     assert epochs_table(csv).splitlines() == [
-        "| epoch | step | loss | AP | AP50 |", "|---:|---:|---:|---:|---:|",
-        "| 1 | 5 | 1.2346 | 0.1250 | 0.5000 |", "| 2 | 10 | 1 |  |  |"]
+        "| epoch | step | loss | AP | AP50 |",
+        "|---:|---:|---:|---:|---:|",
+        "| 1 | 5 | 1.2346 | 0.1250 | 0.5000 |",
+        "| 2 | 10 | 1 |  |  |",
+    ]
 
 
 def test_history_table_shows_the_newest_rows_first(tmp_path):
-    entries = [Activation(dataset="d", action="activate", checkpoint=f"c{i}", label="l", value=i / 4, at=f"t{i}")
-               for i in range(HISTORY_ROWS + 2)]
+    entries = [
+        Activation(dataset="d", action="activate", checkpoint=f"c{i}", label="l", value=i / 4, at=f"t{i}")
+        for i in range(HISTORY_ROWS + 2)
+    ]
     entries.append(Activation(dataset="d", action="manual", checkpoint="m", label="l", at="tm"))
     lines = history_table(entries, "AP50").splitlines()
     assert lines[:3] == ["| when | action | checkpoint | AP50 |", "|---|---|---|---:|", "| tm | manual | m |  |"]

@@ -15,17 +15,22 @@ def test_layers_are_read_in_order_and_a_missing_dataset_file_is_empty(tmp_path):
     dataset = tmp_path / "ds"
     dataset.mkdir()
     assert file_layers(defaults, dataset) == [
-        (str(defaults), {"max_epochs": 3, "hflip_prob": 0.5}), (str(dataset / DATASET_CONFIG), {})]
+        (str(defaults), {"max_epochs": 3, "hflip_prob": 0.5}),
+        (str(dataset / DATASET_CONFIG), {}),
+    ]
     (dataset / DATASET_CONFIG).write_text("max_epochs: 5\n")
     cfg = resolve_train_config(defaults, dataset, {"hflip_prob": 0.25}, {"dataset": str(dataset)})
     assert (cfg.max_epochs, cfg.hflip_prob, cfg.dataset) == (5, 0.25, str(dataset))
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("max_epochs: [3\n", "not valid YAML at line 2, column 1: "),
-    ("- max_epochs\n", "expected a mapping of field: value at the top level, got list"),
-    ("run_name: mine\nresume: true\n", "resume, run_name cannot be set here: the pipeline sets them"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("max_epochs: [3\n", "not valid YAML at line 2, column 1: "),
+        ("- max_epochs\n", "expected a mapping of field: value at the top level, got list"),
+        ("run_name: mine\nresume: true\n", "resume, run_name cannot be set here: the pipeline sets them"),
+    ],
+)
 def test_layer_errors_name_the_file_and_the_layer(tmp_path, text, problem):
     path = tmp_path / DATASET_CONFIG
     path.write_text(text)

@@ -28,11 +28,29 @@ def files(tmp_path_factory):
 
 def test_table_json_and_viz(files, capsys):
     out_json, viz = files / "out.json", files / "viz"
-    status = main([
-        "predict", str(files / "a.png"), str(files / "b.jpg"), "--prompt", "red circle", "--prompt", "blue square",
-        "--checkpoint", str(files / "tiny.ckpt"), "--threshold", "0", "--max-detections", "2", "--device", "cpu",
-        "--json", str(out_json), "--viz", str(viz),
-    ])
+    status = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            str(files / "b.jpg"),
+            "--prompt",
+            "red circle",
+            "--prompt",
+            "blue square",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "0",
+            "--max-detections",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out_json),
+            "--viz",
+            str(viz),
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert captured.out.splitlines()[0].split()[:3] == ["image", "prompt", "score"]
@@ -51,8 +69,22 @@ def test_table_json_and_viz(files, capsys):
 
 
 def test_json_to_stdout(files, capsys):
-    status = main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
-                   "--threshold", "1", "--json", "-", "--device", "cpu"])
+    status = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            "--prompt",
+            "x",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "1",
+            "--json",
+            "-",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0
     assert json.loads(capsys.readouterr().out) == [{"image": str(files / "a.png"), "detections": []}]
 
@@ -72,47 +104,139 @@ def test_errors_are_one_line(files, capsys, bad):
 def test_tiled(files, capsys):
     """--tile cuts the 56 x 40 images into 24 px windows; the boxes come back in image coordinates."""
     out_json = files / "tiled.json"
-    status = main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
-                   "--threshold", "0", "--tile", "24", "--tile-overlap", "0.25", "--json", str(out_json),
-                   "--device", "cpu"])
+    status = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            "--prompt",
+            "x",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "0",
+            "--tile",
+            "24",
+            "--tile-overlap",
+            "0.25",
+            "--json",
+            str(out_json),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     capsys.readouterr()
     detections = json.loads(out_json.read_text())[0]["detections"]
-    centres = [((d["box_xyxy"][0] + d["box_xyxy"][2]) / 2, (d["box_xyxy"][1] + d["box_xyxy"][3]) / 2)
-               for d in detections]
+    centres = [
+        ((d["box_xyxy"][0] + d["box_xyxy"][2]) / 2, (d["box_xyxy"][1] + d["box_xyxy"][3]) / 2) for d in detections
+    ]
     assert centres and all(0 <= x <= 56 and 0 <= y <= 40 for x, y in centres)
     assert any(x > 24 or y > 24 for x, y in centres)  # found in windows other than the first
-    whole = main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
-                  "--threshold", "0", "--json", "-", "--device", "cpu"])
+    whole = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            "--prompt",
+            "x",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "0",
+            "--json",
+            "-",
+            "--device",
+            "cpu",
+        ]
+    )
     assert whole == 0 and json.loads(capsys.readouterr().out)[0]["detections"] != detections
-    assert main(["predict", str(files / "a.png"), "--prompt", "x", "--checkpoint", str(files / "tiny.ckpt"),
-                 "--tile", "24", "--tile-overlap", "1.5", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(files / "a.png"),
+                "--prompt",
+                "x",
+                "--checkpoint",
+                str(files / "tiny.ckpt"),
+                "--tile",
+                "24",
+                "--tile-overlap",
+                "1.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "window overlap" in capsys.readouterr().err
 
 
 def test_box_prompts(files, capsys):
     """--box runs the exemplar path of /sam3/visual_prompt beside a text prompt, on one image, memory reported."""
-    status = main(["predict", str(files / "a.png"), "--prompt", "x", "--box", "4,4,16,12", "--box", "30,10,20,20:neg",
-                   "--checkpoint", str(files / "tiny.ckpt"), "--threshold", "0", "--max-detections", "3",
-                   "--json", "-", "--device", "cpu"])
+    status = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            "--prompt",
+            "x",
+            "--box",
+            "4,4,16,12",
+            "--box",
+            "30,10,20,20:neg",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "0",
+            "--max-detections",
+            "3",
+            "--json",
+            "-",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     prompts = [d["prompt"] for d in json.loads(captured.out)[0]["detections"]]
     assert prompts == ["x"] * 3 + ["visual"] * 3 and "peak RSS" in captured.err
-    alone = main(["predict", str(files / "a.png"), "--box", "4,4,16,12", "--checkpoint", str(files / "tiny.ckpt"),
-                  "--threshold", "0", "--max-detections", "3", "--json", "-", "--device", "cpu"])
+    alone = main(
+        [
+            "predict",
+            str(files / "a.png"),
+            "--box",
+            "4,4,16,12",
+            "--checkpoint",
+            str(files / "tiny.ckpt"),
+            "--threshold",
+            "0",
+            "--max-detections",
+            "3",
+            "--json",
+            "-",
+            "--device",
+            "cpu",
+        ]
+    )
     assert alone == 0 and [d["prompt"] for d in json.loads(capsys.readouterr().out)[0]["detections"]] == ["visual"] * 3
 
 
-@pytest.mark.parametrize(("extra", "reason"), [
-    (["--box", "1,2,3"], "X,Y,W,H"), (["--box", "1,2,0,4"], "> 0"), (["--box", "1,2,3,4:maybe"], ":neg"),
-    (["--box", "a,b,c,d"], "X,Y,W,H"), (["--box", "1,2,nan,4"], "finite"),
-    (["--box", "1,2,3,4", "--tile", "24"], "--tile"), (["SECOND", "--box", "1,2,3,4"], "exactly one image"),
-    ([], "--prompt TEXT or --box"),
-])
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--box", "1,2,3"], "X,Y,W,H"),
+        (["--box", "1,2,0,4"], "> 0"),
+        (["--box", "1,2,3,4:maybe"], ":neg"),
+        (["--box", "a,b,c,d"], "X,Y,W,H"),
+        (["--box", "1,2,nan,4"], "finite"),
+        (["--box", "1,2,3,4", "--tile", "24"], "--tile"),
+        (["SECOND", "--box", "1,2,3,4"], "exactly one image"),
+        ([], "--prompt TEXT or --box"),
+    ],
+)
 def test_box_refusals(files, capsys, extra, reason):
     extra = [str(files / "b.jpg") if part == "SECOND" else part for part in extra]
-    status = main(["predict", str(files / "a.png"), *extra, "--checkpoint", str(files / "tiny.ckpt"),
-                   "--device", "cpu"])
+    status = main(
+        ["predict", str(files / "a.png"), *extra, "--checkpoint", str(files / "tiny.ckpt"), "--device", "cpu"]
+    )
     err = capsys.readouterr().err
     assert status == 1 and reason in err and "Traceback" not in err

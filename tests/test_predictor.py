@@ -11,9 +11,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.predictor import Detection, Predictor, image_token, load_rgb
+from sam3lite_core.weights import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,12 @@ def test_refused_prompts(predictor, image, prompt, message):
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [({"threshold": 1.5}, "threshold"), ({"max_detections": 0}, "max_detections"), ({"nms_iou": 0.0}, "nms_iou"),
-     ({"chunk_size": 0}, "chunk_size")],
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"max_detections": 0}, "max_detections"),
+        ({"nms_iou": 0.0}, "nms_iou"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
 )
 def test_refused_options(predictor, image, option, message):
     with pytest.raises(ValueError, match=message):

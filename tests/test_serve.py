@@ -57,15 +57,26 @@ def png_base64(seed: int = 0) -> tuple[str, np.ndarray]:
 
 
 def activate(server: Server, path, label=None, **extra) -> httpx.Response:
-    return server.client.post("/sam3/models/activate", headers=AUTH,
-                              json={"checkpoint_path": None if path is None else str(path), "label": label, **extra})
+    return server.client.post(
+        "/sam3/models/activate",
+        headers=AUTH,
+        json={"checkpoint_path": None if path is None else str(path), "label": label, **extra},
+    )
 
 
 def check_detections(body: dict, label: str, source: str) -> None:
     assert set(body) == {"detections", "warnings", "image_token", "masks"} and body["masks"] is None
     for det in body["detections"]:
-        assert set(det) == {"bbox", "score", "qwen_label", "source", "mask", "simplify_epsilon", "class_id",
-                            "class_name"}
+        assert set(det) == {
+            "bbox",
+            "score",
+            "qwen_label",
+            "source",
+            "mask",
+            "simplify_epsilon",
+            "class_id",
+            "class_name",
+        }
         assert len(det["bbox"]) == 4 and all(0.0 <= v <= 1.0 for v in det["bbox"])
         assert 0.0 <= det["score"] <= 1.0 and det["mask"] is None
         assert det["qwen_label"] == label and det["source"] == source
@@ -78,9 +89,17 @@ def check_detections(body: dict, label: str, source: str) -> None:
 
 def test_activation_and_prompts(server, runs):
     health = server.client.get("/health").json()
-    assert health == {"status": "ok", "model_loaded": False,
-                      "active": {"id": "default", "label": "no model", "checkpoint": None, "source": "none",
-                                 "enable_segmentation": False}}
+    assert health == {
+        "status": "ok",
+        "model_loaded": False,
+        "active": {
+            "id": "default",
+            "label": "no model",
+            "checkpoint": None,
+            "source": "none",
+            "enable_segmentation": False,
+        },
+    }
     image, pixels = png_base64()
     assert server.client.post("/sam3/text_prompt", json={"image_base64": image, "text_prompt": "x"}).status_code == 503
 
@@ -88,15 +107,23 @@ def test_activation_and_prompts(server, runs):
     assert server.client.post("/sam3/models/activate", json={"checkpoint_path": str(trained)}).status_code == 401
     response = activate(server, trained, "trained-v1")
     assert response.status_code == 200, response.text
-    assert response.json() == {"active": {"id": "trained-v1", "label": "trained-v1", "checkpoint": str(trained),
-                                          "source": "custom", "enable_segmentation": False}}
+    assert response.json() == {
+        "active": {
+            "id": "trained-v1",
+            "label": "trained-v1",
+            "checkpoint": str(trained),
+            "source": "custom",
+            "enable_segmentation": False,
+        }
+    }
 
     body = {"image_base64": image, "text_prompt": "circle", "threshold": 0.0, "max_results": 5}
     first = server.client.post("/sam3/text_prompt", json=body).json()
     check_detections(first, "circle", "sam3_text")
     assert len(first["detections"]) == 5 and first["image_token"] == hashlib.md5(pixels.tobytes()).hexdigest()
-    by_token = server.client.post("/sam3/text_prompt", json={**body, "image_base64": None,
-                                                            "image_token": first["image_token"]}).json()
+    by_token = server.client.post(
+        "/sam3/text_prompt", json={**body, "image_base64": None, "image_token": first["image_token"]}
+    ).json()
     assert by_token == first
     big = server.client.post("/sam3/text_prompt", json={**body, "max_results": None, "min_size": 64 * 48 / 4}).json()
     for det in big["detections"]:
@@ -108,15 +135,28 @@ def test_activation_and_prompts(server, runs):
     assert batch["image_token"] == first["image_token"] and len(batch["results"]) == 2
     check_detections(batch["results"][0], "square", "sam3_text")
     assert [d["score"] for d in batch["results"][1]["detections"]] == pytest.approx(
-        [d["score"] for d in first["detections"]], abs=1e-5)
+        [d["score"] for d in first["detections"]], abs=1e-5
+    )
 
-    visual = {"image_token": first["image_token"], "bboxes": [[4, 4, 16, 20], {"left": 30, "top": 10, "width": 20,
-              "height": 30}], "bbox_labels": [True, False], "threshold": 0.0, "max_results": 3}
+    visual = {
+        "image_token": first["image_token"],
+        "bboxes": [[4, 4, 16, 20], {"left": 30, "top": 10, "width": 20, "height": 30}],
+        "bbox_labels": [True, False],
+        "threshold": 0.0,
+        "max_results": 3,
+    }
     answer = server.client.post("/sam3/visual_prompt", json=visual)
     assert answer.status_code == 200, answer.text
     check_detections(answer.json(), "visual", "sam3_text")
-    single = {"image_token": first["image_token"], "bbox_left": 4, "bbox_top": 4, "bbox_width": 16,
-              "bbox_height": 20, "text_prompt": "circle", "threshold": 0.0}
+    single = {
+        "image_token": first["image_token"],
+        "bbox_left": 4,
+        "bbox_top": 4,
+        "bbox_width": 16,
+        "bbox_height": 20,
+        "text_prompt": "circle",
+        "threshold": 0.0,
+    }
     check_detections(server.client.post("/sam3/visual_prompt", json=single).json(), "circle", "sam3_text")
 
 
@@ -144,11 +184,19 @@ def test_refused_activations_keep_the_old_model(server, runs):
     link.unlink(missing_ok=True)
     link.symlink_to(runs.parent / "outside.ckpt")
     refused = [
-        (activate(server, runs / "corrupt" / "checkpoints" / "last.ckpt"), 400, "sam3_checkpoint_invalid",
-         "not a readable PyTorch checkpoint"),
+        (
+            activate(server, runs / "corrupt" / "checkpoints" / "last.ckpt"),
+            400,
+            "sam3_checkpoint_invalid",
+            "not a readable PyTorch checkpoint",
+        ),
         (activate(server, runs.parent / "outside.ckpt"), 400, "sam3_checkpoint_path_invalid", "inside the runs root"),
-        (activate(server, runs / "trained" / "../../outside.ckpt"), 400, "sam3_checkpoint_path_invalid",
-         "inside the runs root"),
+        (
+            activate(server, runs / "trained" / "../../outside.ckpt"),
+            400,
+            "sam3_checkpoint_path_invalid",
+            "inside the runs root",
+        ),
         (activate(server, link), 400, "sam3_checkpoint_path_invalid", "symlink"),
         (activate(server, runs / "nope.ckpt"), 404, "sam3_checkpoint_not_found", "does not exist"),
         (activate(server, trained, enable_segmentation=True), 400, "sam3_segmentation_unsupported", "box-only"),
@@ -167,13 +215,32 @@ def test_model_listing(server, runs):
     activate(server, trained, "listed")
     for url in ("/sam3/models", "/sam3/models/available"):
         entries = server.client.get(url).json()
-        assert entries[0] == {"id": "Base SAM3", "key": "base", "path": None, "active": False, "source": "env",
-                              "variant": "sam3", "size_bytes": None, "promoted": None, "promoted_at": None,
-                              "run_path": None, "enable_segmentation": False}
-        assert entries[1] | {"key": None} == {"id": "listed", "key": None, "path": str(trained), "active": True,
-                                              "source": "custom", "variant": "sam3", "size_bytes": None,
-                                              "promoted": None, "promoted_at": None, "run_path": None,
-                                              "enable_segmentation": False}
+        assert entries[0] == {
+            "id": "Base SAM3",
+            "key": "base",
+            "path": None,
+            "active": False,
+            "source": "env",
+            "variant": "sam3",
+            "size_bytes": None,
+            "promoted": None,
+            "promoted_at": None,
+            "run_path": None,
+            "enable_segmentation": False,
+        }
+        assert entries[1] | {"key": None} == {
+            "id": "listed",
+            "key": None,
+            "path": str(trained),
+            "active": True,
+            "source": "custom",
+            "variant": "sam3",
+            "size_bytes": None,
+            "promoted": None,
+            "promoted_at": None,
+            "run_path": None,
+            "enable_segmentation": False,
+        }
         runs_listed = {e["id"]: e for e in entries[2:]}
         assert set(runs_listed) == {"corrupt", "other", "trained"}
         assert runs_listed["other"]["path"] == str(runs / "other" / "checkpoints" / "last.ckpt")
@@ -236,19 +303,29 @@ def test_windowed_text_prompts(server, runs):
     """The backend's windowed fields are honoured: the image is seen as windows, and the answer keeps its shape."""
     activate(server, runs / "trained" / "checkpoints" / "last.ckpt", "windowed")
     image, _ = png_base64(3)
-    body = {"image_base64": image, "text_prompt": "circle", "threshold": 0.0, "windowed": True, "window_size": 32,
-            "window_overlap": 0.25, "merge_iou": 0.5}
+    body = {
+        "image_base64": image,
+        "text_prompt": "circle",
+        "threshold": 0.0,
+        "windowed": True,
+        "window_size": 32,
+        "window_overlap": 0.25,
+        "merge_iou": 0.5,
+    }
     response = server.client.post("/sam3/text_prompt", json=body)
     assert response.status_code == 200, response.text
     check_detections(response.json(), "circle", "sam3_text")
     assert "windowed_tiles:6" in response.json()["warnings"]
     whole = server.client.post("/sam3/text_prompt", json={**body, "windowed": False}).json()
     assert response.json()["detections"] != whole["detections"]  # 6 windows of 32 px, not one 64 x 48 image
-    batch = server.client.post("/sam3/text_prompt_batch", json={**body, "image_base64": None, "text_prompts": [
-        "square", "circle"], "image_token": whole["image_token"]})
+    batch = server.client.post(
+        "/sam3/text_prompt_batch",
+        json={**body, "image_base64": None, "text_prompts": ["square", "circle"], "image_token": whole["image_token"]},
+    )
     assert batch.status_code == 200, batch.text
     assert [d["score"] for d in batch.json()["results"][1]["detections"]] == pytest.approx(
-        [d["score"] for d in response.json()["detections"]], abs=1e-5)
+        [d["score"] for d in response.json()["detections"]], abs=1e-5
+    )
     default_window = server.client.post("/sam3/text_prompt", json={**body, "window_size": None})
     assert default_window.status_code == 200  # the model's input side: one window for this small image
     for bad in ({"window_overlap": 1.0}, {"merge_iou": 0.0}, {"window_size": "big"}):
@@ -275,7 +352,8 @@ def test_listing_drops_a_missing_active_checkpoint(server, runs, how):
         assert ActiveModel.model_validate_json((runs / POINTER_NAME).read_text()).source == "none"
         assert "last.ckpt is missing or outside the runs root" in server.log.read_text()
         image, _ = png_base64(4)
-        assert server.client.post("/sam3/text_prompt", json={"image_base64": image, "text_prompt": "x"}
-                                  ).status_code == 503
+        assert (
+            server.client.post("/sam3/text_prompt", json={"image_base64": image, "text_prompt": "x"}).status_code == 503
+        )
     finally:
         shutil.rmtree(runs / "doomed")

@@ -24,8 +24,17 @@ from sam3lite_core.serve.windowed import window_limit_pair
 from sam3lite_core.tiling import MAX_WINDOWS, TileSettings, fit_windows, window_count
 from sam3lite_core.weights import save_checkpoint
 
-UI_FIELDS = {"threshold": 0.0, "mask_threshold": 0.5, "min_size": 0, "simplify_epsilon": 1.5, "max_results": 0,
-             "windowed": False, "window_size": 672, "window_overlap": 0.1, "merge_iou": 0.5}  # ybat.js 43528ff
+UI_FIELDS = {
+    "threshold": 0.0,
+    "mask_threshold": 0.5,
+    "min_size": 0,
+    "simplify_epsilon": 1.5,
+    "max_results": 0,
+    "windowed": False,
+    "window_size": 672,
+    "window_overlap": 0.1,
+    "merge_iou": 0.5,
+}  # ybat.js 43528ff
 PICKER = "/sam3/models/available?variant=all&promoted_only=true"  # ybat.js 10465
 
 
@@ -37,8 +46,12 @@ def home(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     save_checkpoint(root / "base.ckpt", build_model("tiny"))
     runs = root / "runs"
-    for run, names in {"ours": ("last.ckpt", "export.ckpt"), "tator_run": ("epoch_1.pth", "checkpoint.pt"),
-                       "plain": ("last.ckpt",), "linked_ckpt": ()}.items():
+    for run, names in {
+        "ours": ("last.ckpt", "export.ckpt"),
+        "tator_run": ("epoch_1.pth", "checkpoint.pt"),
+        "plain": ("last.ckpt",),
+        "linked_ckpt": (),
+    }.items():
         (runs / run / "checkpoints").mkdir(parents=True)
         for i, name in enumerate(names):
             shutil.copy(root / "base.ckpt", runs / run / "checkpoints" / name)
@@ -71,8 +84,11 @@ def jpeg_base64(seed: int = 0, size: tuple[int, int] = (48, 64)) -> str:
 
 def picker_activate(server: Server, entry: dict, segmentation: bool = False):
     """The picker's activation (ybat.js 10576): path or null, segmentation off, label prompt:<id>."""
-    payload = {"checkpoint_path": entry.get("path") or None, "enable_segmentation": segmentation,
-               "label": f"prompt:{str(entry.get('id') or entry.get('path') or 'sam3').split('/')[-1]}"}
+    payload = {
+        "checkpoint_path": entry.get("path") or None,
+        "enable_segmentation": segmentation,
+        "label": f"prompt:{str(entry.get('id') or entry.get('path') or 'sam3').split('/')[-1]}",
+    }
     return server.client.post("/sam3/models/activate", json=payload)
 
 
@@ -98,8 +114,12 @@ def test_picker_lists_promoted_runs_and_activates_them(server, home):
     answer = picker_activate(server, by_id["tator_run"])
     assert answer.status_code == 200, answer.text
     assert answer.json()["active"] | {"enable_segmentation": None} == {
-        "id": "prompt:tator_run", "label": "prompt:tator_run", "source": "custom", "enable_segmentation": None,
-        "checkpoint": str(runs / "tator_run" / "checkpoints" / "checkpoint.pt")}
+        "id": "prompt:tator_run",
+        "label": "prompt:tator_run",
+        "source": "custom",
+        "enable_segmentation": None,
+        "checkpoint": str(runs / "tator_run" / "checkpoints" / "checkpoint.pt"),
+    }
     rows = server.client.get(PICKER).json()
     assert [row["id"] for row in rows if row["active"]] == ["prompt:tator_run", "tator_run"]
     assert rows[1]["key"] == f"active:{runs / 'tator_run' / 'checkpoints' / 'checkpoint.pt'}"
@@ -107,8 +127,9 @@ def test_picker_lists_promoted_runs_and_activates_them(server, home):
     base = picker_activate(server, by_id["Base SAM3"])  # the "Base SAM3" button: the base's own path
     assert base.status_code == 200 and base.json()["active"]["source"] == "env"
     assert base.json()["active"]["checkpoint"] == str(home / "base.ckpt")
-    assert server.client.post("/sam3/models/activate", json={"checkpoint_path": None}).json()["active"]["source"] \
-        == "env"
+    assert (
+        server.client.post("/sam3/models/activate", json={"checkpoint_path": None}).json()["active"]["source"] == "env"
+    )
 
 
 def test_refused_activations_answer_bare_codes_and_write_nothing(server, home):
@@ -119,8 +140,11 @@ def test_refused_activations_answer_bare_codes_and_write_nothing(server, home):
         ({"path": str(home / "base.ckpt") + ".missing"}, 400, "sam3_checkpoint_path_invalid"),  # outside, missing
         ({"path": "/etc/hostname"}, 400, "sam3_checkpoint_path_invalid"),  # outside, exists
         ({"path": str(home / "runs" / "ours" / "../../base.ckpt")}, 400, "sam3_checkpoint_path_invalid"),
-        ({"path": str(home / "runs" / "linked_run" / "checkpoints" / "export.ckpt")}, 400,
-         "sam3_checkpoint_path_invalid"),
+        (
+            {"path": str(home / "runs" / "linked_run" / "checkpoints" / "export.ckpt")},
+            400,
+            "sam3_checkpoint_path_invalid",
+        ),
         ({"path": str(home / "runs" / "ours" / "checkpoints")}, 400, "sam3_checkpoint_path_invalid"),
         ({"path": str(home / "runs" / "ours" / "nope.pt")}, 404, "sam3_checkpoint_not_found"),
         ({"path": "x" * 5000}, 400, "sam3_checkpoint_path_invalid"),  # a name no file system holds
@@ -130,14 +154,21 @@ def test_refused_activations_answer_bare_codes_and_write_nothing(server, home):
         answer = picker_activate(server, entry)
         assert (answer.status_code, answer.json()["detail"]) == (status, code), answer.text
         assert answer.json()["message"]
-    trained = {"checkpoint_path": str(home / "runs" / "ours" / "checkpoints" / "export.ckpt"),
-               "enable_segmentation": True, "label": "run"}  # after training (ybat.js 17658), seg on by default
+    trained = {
+        "checkpoint_path": str(home / "runs" / "ours" / "checkpoints" / "export.ckpt"),
+        "enable_segmentation": True,
+        "label": "run",
+    }  # after training (ybat.js 17658), seg on by default
     answer = server.client.post("/sam3/models/activate", json=trained)
     assert (answer.status_code, answer.json()["detail"]) == (400, "sam3_segmentation_unsupported")
     for body in ({"checkpoint_path": 5}, {"checkpoint_path": ["a"]}, {"enable_segmentation": "maybe"}):
         assert server.client.post("/sam3/models/activate", json=body).status_code == 422
-    assert server.client.post("/sam3/models/activate", content=b"{not json",
-                              headers={"Content-Type": "application/json"}).status_code == 422
+    assert (
+        server.client.post(
+            "/sam3/models/activate", content=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert pointer.read_bytes() == before
     assert server.client.get("/health").json()["active"]["source"] == "env"
 
@@ -145,8 +176,13 @@ def test_refused_activations_answer_bare_codes_and_write_nothing(server, home):
 def test_text_prompts_as_the_ui_sends_them(server, home):
     picker_activate(server, {"id": "ours", "path": str(home / "runs" / "ours" / "checkpoints" / "export.ckpt")})
     image = jpeg_base64(1)
-    request = {**UI_FIELDS, "text_prompt": "circle", "image_name": "a.jpg", "sam_variant": "sam3",
-               "image_token": "f" * 32}
+    request = {
+        **UI_FIELDS,
+        "text_prompt": "circle",
+        "image_name": "a.jpg",
+        "sam_variant": "sam3",
+        "image_token": "f" * 32,
+    }
     first = server.client.post("/sam3/text_prompt", json=request)
     assert first.status_code == 404  # unknown token: the UI resends with base64 (ybat.js 44710)
     answer = server.client.post("/sam3/text_prompt", json={**request, "image_token": None, "image_base64": image})
@@ -158,13 +194,27 @@ def test_text_prompts_as_the_ui_sends_them(server, home):
         assert det["source"] == "sam3_text" and det["qwen_label"] == "circle" and det["simplify_epsilon"] == 1.5
         assert det["mask"] is None and len(det["bbox"]) == 4 and det["score"] is not None
     assert body["masks"] is None and body["warnings"] == []
-    lenient = {**request, "image_token": body["image_token"], "sam_variant": None, "min_size": -5,
-               "max_results": -1, "simplify_epsilon": -2, "window_overlap": None, "merge_iou": None}
+    lenient = {
+        **request,
+        "image_token": body["image_token"],
+        "sam_variant": None,
+        "min_size": -5,
+        "max_results": -1,
+        "simplify_epsilon": -2,
+        "window_overlap": None,
+        "merge_iou": None,
+    }
     again = server.client.post("/sam3/text_prompt", json=lenient).json()
     assert [d["score"] for d in again["detections"]] == [d["score"] for d in body["detections"]]
     assert {d["simplify_epsilon"] for d in again["detections"]} == {0.0}
-    refused = [({"max_results": "many"}, 422), ({"threshold": 2}, 422), ({"text_prompt": ""}, 422),
-               ({"window_overlap": 1.0}, 422), ({"sam_variant": "sam1"}, 400), ({"image_token": None}, 422)]
+    refused = [
+        ({"max_results": "many"}, 422),
+        ({"threshold": 2}, 422),
+        ({"text_prompt": ""}, 422),
+        ({"window_overlap": 1.0}, 422),
+        ({"sam_variant": "sam1"}, 400),
+        ({"image_token": None}, 422),
+    ]
     for change, status in refused:
         assert server.client.post("/sam3/text_prompt", json={**lenient, **change}).status_code == status, change
     answer = server.client.post("/sam3/text_prompt", json={**lenient, "sam_variant": "sam2"}).json()
@@ -173,8 +223,15 @@ def test_text_prompts_as_the_ui_sends_them(server, home):
 
 def test_windowed_with_the_ui_smallest_window(server, home):
     picker_activate(server, {"id": "ours", "path": str(home / "runs" / "ours" / "checkpoints" / "export.ckpt")})
-    request = {**UI_FIELDS, "text_prompt": "circle", "image_base64": jpeg_base64(2), "windowed": True,
-               "window_size": 1, "max_results": 4, "sam_variant": "sam3"}  # ybat.js allows any size > 0
+    request = {
+        **UI_FIELDS,
+        "text_prompt": "circle",
+        "image_base64": jpeg_base64(2),
+        "windowed": True,
+        "window_size": 1,
+        "max_results": 4,
+        "sam_variant": "sam3",
+    }  # ybat.js allows any size > 0
     answer = server.client.post("/sam3/text_prompt", json=request)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -186,8 +243,10 @@ def test_windowed_with_the_ui_smallest_window(server, home):
     assert (notes["windowed_per_window_limit"], notes["windowed_final_limit"]) == ("50", "4")
     raw, fused, final = (int(notes[f"windowed_{k}_detections"]) for k in ("raw", "fused", "final"))
     assert raw >= fused >= final == len(body["detections"]) and 0 < final <= 4
-    unlimited = server.client.post("/sam3/text_prompt", json={**request, "image_base64": None, "max_results": 0,
-                                                              "image_token": body["image_token"]}).json()
+    unlimited = server.client.post(
+        "/sam3/text_prompt",
+        json={**request, "image_base64": None, "max_results": 0, "image_token": body["image_token"]},
+    ).json()
     assert not any(w.startswith(("windowed_per_window_limit", "windowed_final_limit")) for w in unlimited["warnings"])
 
 
@@ -202,30 +261,54 @@ def test_window_rules():
 
 def test_visual_prompts_coerced_as_the_backend_does(server, home):
     picker_activate(server, {"id": "ours", "path": str(home / "runs" / "ours" / "checkpoints" / "export.ckpt")})
-    token = server.client.post("/sam_preload", json={"slot": "current", "sam_variant": "sam3", "image_name": "v.jpg",
-                                                     "image_base64": jpeg_base64(3)}).json()["token"]
-    base = {"image_token": token, "threshold": 0.0, "mask_threshold": 0.2, "min_size": 0, "simplify_epsilon": 0,
-            "max_results": 0, "image_name": "v.jpg", "sam_variant": "sam3"}  # ybat.js 44479
-    clean = server.client.post("/sam3/visual_prompt", json={**base, "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30]],
-                                                            "bbox_labels": [True, False]})
+    token = server.client.post(
+        "/sam_preload",
+        json={"slot": "current", "sam_variant": "sam3", "image_name": "v.jpg", "image_base64": jpeg_base64(3)},
+    ).json()["token"]
+    base = {
+        "image_token": token,
+        "threshold": 0.0,
+        "mask_threshold": 0.2,
+        "min_size": 0,
+        "simplify_epsilon": 0,
+        "max_results": 0,
+        "image_name": "v.jpg",
+        "sam_variant": "sam3",
+    }  # ybat.js 44479
+    clean = server.client.post(
+        "/sam3/visual_prompt", json={**base, "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30]], "bbox_labels": [True, False]}
+    )
     assert clean.status_code == 200, clean.text
     expected = clean.json()["detections"]
     assert expected and {d["source"] for d in expected} == {"sam3_text"}
     coerced = [
-        {"bboxes": [[4, 4, 16, 20], [1, 1, 0, 5], {"left": 30, "top": 10, "width": 20, "height": 30}],
-         "bbox_labels": [True, "no", True, False]},  # zero-width dropped, labels truncated
-        {"bboxes": [[4, 4, 16, 20], [30, 10, 20, 30], "junk"], "bbox_labels": [1, 0],
-         "bbox_left": 0, "bbox_top": 0, "bbox_width": 5, "bbox_height": 5},  # the list wins over the single box
+        {
+            "bboxes": [[4, 4, 16, 20], [1, 1, 0, 5], {"left": 30, "top": 10, "width": 20, "height": 30}],
+            "bbox_labels": [True, "no", True, False],
+        },  # zero-width dropped, labels truncated
+        {
+            "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30], "junk"],
+            "bbox_labels": [1, 0],
+            "bbox_left": 0,
+            "bbox_top": 0,
+            "bbox_width": 5,
+            "bbox_height": 5,
+        },  # the list wins over the single box
     ]
     for change in coerced:
         answer = server.client.post("/sam3/visual_prompt", json={**base, **change})
         assert answer.status_code == 200 and answer.json()["detections"] == expected, change
-    padded = server.client.post("/sam3/visual_prompt", json={**base, "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30]],
-                                                             "bbox_labels": [True]}).json()
+    padded = server.client.post(
+        "/sam3/visual_prompt", json={**base, "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30]], "bbox_labels": [True]}
+    ).json()
     both = server.client.post("/sam3/visual_prompt", json={**base, "bboxes": [[4, 4, 16, 20], [30, 10, 20, 30]]})
     assert padded["detections"] == both.json()["detections"]  # labels padded with True
-    for bad in ({"bboxes": [[1, 1, 0, 0]]}, {"bboxes": [[1, 1, 0, 0]], "bbox_left": 1, "bbox_top": 1,
-                "bbox_width": 0, "bbox_height": 4}, {"bboxes": "lots"}, {"bbox_left": "x"}):
+    for bad in (
+        {"bboxes": [[1, 1, 0, 0]]},
+        {"bboxes": [[1, 1, 0, 0]], "bbox_left": 1, "bbox_top": 1, "bbox_width": 0, "bbox_height": 4},
+        {"bboxes": "lots"},
+        {"bbox_left": "x"},
+    ):
         assert server.client.post("/sam3/visual_prompt", json={**base, **bad}).status_code == 422, bad
 
 
@@ -242,10 +325,15 @@ def test_health_and_connection_routes(server, home):
     assert (held["image_name"], held["variant"], held["token"]) == ("n.jpg", "sam3", loaded["token"])
     by_token = server.client.post("/sam_preload", json={"slot": "current", "image_token": loaded["token"]}).json()
     assert by_token["token"] == loaded["token"]
-    refused = [({**preload, "slot": "nxt"}, 409, "slot_invalid:nxt"), ({**preload, "sam_variant": "sam1"}, 400,
-               "sam_variant_unavailable:sam1"), ({"slot": "current", "image_token": "0" * 32}, 404, None),
-               ({"slot": "next", "image_token": loaded["token"]}, 422, None), ({"slot": "current"}, 422, None),
-               ({**preload, "image_base64": "%%%"}, 400, None), ({**preload, "preload_generation": "x"}, 422, None)]
+    refused = [
+        ({**preload, "slot": "nxt"}, 409, "slot_invalid:nxt"),
+        ({**preload, "sam_variant": "sam1"}, 400, "sam_variant_unavailable:sam1"),
+        ({"slot": "current", "image_token": "0" * 32}, 404, None),
+        ({"slot": "next", "image_token": loaded["token"]}, 422, None),
+        ({"slot": "current"}, 422, None),
+        ({**preload, "image_base64": "%%%"}, 400, None),
+        ({**preload, "preload_generation": "x"}, 422, None),
+    ]
     for body, status, code in refused:
         answer = server.client.post("/sam_preload", json=body)
         assert answer.status_code == status and (code is None or answer.json()["detail"] == code), answer.text
@@ -256,8 +344,7 @@ def test_health_and_connection_routes(server, home):
     assert {"ok", "gpu", "storage", "datasets", "models", "errors"} <= set(summary) and summary["ok"] is True
     assert summary["gpu"]["available"] is torch.cuda.is_available() and summary["datasets"] == {"count": 0}
     assert summary["models"]["sam3_runs"] == 3 and summary["models"]["sam3"]["loaded"] is True
-    assert server.client.get("/system/gpu").status_code == server.client.get("/system/storage_check").status_code \
-        == 200
+    assert server.client.get("/system/gpu").status_code == server.client.get("/system/storage_check").status_code == 200
 
 
 def test_bodies_over_the_limit_are_refused_while_read(server):
@@ -271,6 +358,7 @@ def test_bodies_over_the_limit_are_refused_while_read(server):
 
     answer = server.client.post("/sam3/text_prompt", content=chunks(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
-    declared = server.client.post("/sam_preload", content=b"x" * (limit + 1),
-                                  headers={"Content-Type": "application/json"})
+    declared = server.client.post(
+        "/sam_preload", content=b"x" * (limit + 1), headers={"Content-Type": "application/json"}
+    )
     assert declared.status_code == 413

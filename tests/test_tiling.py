@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import ImageFeatures, build_model
 from sam3lite_core.predictor import WINDOWS_PER_ENCODE, Predictor
 from sam3lite_core.tiling import MAX_WINDOWS, TileSettings, drop_cut_views, merge_windows, tile_windows
+from sam3lite_core.weights import save_checkpoint
 
 HEIGHT, WIDTH = 1500, 2000
 # (x0, y0, x1, y1) px. A: far from the centre, across the inner edge x = 1733 of window column 1333..1733 (a
@@ -29,10 +29,16 @@ def predictor(tmp_path_factory):
     return Predictor.from_checkpoint(path)
 
 
-@pytest.mark.parametrize(("height", "width", "size", "overlap"), [
-    (HEIGHT, WIDTH, 400, 0.25), (480, 640, 256, 0.2), (1024, 1024, 512, 0.0), (300, 2000, 512, 0.5),
-    (100, 80, 512, 0.2),
-])
+@pytest.mark.parametrize(
+    ("height", "width", "size", "overlap"),
+    [
+        (HEIGHT, WIDTH, 400, 0.25),
+        (480, 640, 256, 0.2),
+        (1024, 1024, 512, 0.0),
+        (300, 2000, 512, 0.5),
+        (100, 80, 512, 0.2),
+    ],
+)
 def test_windows_cover_the_image_with_the_overlap(height, width, size, overlap):
     windows = tile_windows(height, width, TileSettings(size=size, overlap=overlap))
     covered = torch.zeros(height, width, dtype=torch.bool)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import html
 import json
 import random
 import string
 from pathlib import Path
 
 import ftfy
-import html
 import pytest
 import torch
+import vendor_harness
 
 import bpe
-import vendor_harness
-from sam3lite_core.tokenizer import Tokenizer
-from sam3lite_core.tokenizer import clean_text
+from sam3lite_core.tokenizer import Tokenizer, clean_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer_ids.json"
 
@@ -36,7 +35,7 @@ def test_vocabulary_size_and_specials(tokenizer):
     assert tokenizer.vocab_size == 49408
     assert (tokenizer.sot_token_id, tokenizer.eot_token_id) == (49406, 49407)
     with gzip.open(bpe.vocab_path(), "rt", encoding="utf-8") as fh:
-        assert fh.readline().startswith("\"bpe_simple_vocab_16e6.txt#version")
+        assert fh.readline().startswith('"bpe_simple_vocab_16e6.txt#version')
 
 
 def test_documented_example(tokenizer):
@@ -88,6 +87,8 @@ def test_live_parity_with_vendor_tokenizer(vendor, tokenizer):
     vendor_tok = vendor_harness.vendor_tokenizer()
     rng = random.Random(1)
     pool = [c["text"] for c in json.loads(FIXTURE.read_text(encoding="utf-8"))["cases"]]
-    pool += ["".join(rng.choice(string.printable + "éü日本😀&;#") for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    pool += [
+        "".join(rng.choice(string.printable + "éü日本😀&;#") for _ in range(rng.randint(0, 60))) for _ in range(300)
+    ]
     for context_length in (32, 77, 5):
         assert torch.equal(tokenizer(pool, context_length), vendor_tok(pool, context_length=context_length))

@@ -10,12 +10,16 @@ import time
 import numpy as np
 import torch
 
-from sam3lite_core.weights import save_checkpoint
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.train.checkpointer import (
-    Checkpointer, TrainState, capture_rng, export_training_checkpoint, restore_rng,
+    Checkpointer,
+    TrainState,
+    capture_rng,
+    export_training_checkpoint,
+    restore_rng,
 )
 from sam3lite_core.train.ema import ModelEMA
+from sam3lite_core.weights import save_checkpoint
 
 BLOB = 4_000_000  # 16 MB per file, so a write takes long enough to be interrupted
 
@@ -83,8 +87,9 @@ def test_export_takes_the_ema_weights(tmp_path):
     ema.update(model)
     save_checkpoint(tmp_path / "best.ckpt", model, ema=ema.state_dict(), optimizer={"state": {}})
     with_ema = torch.load(export_training_checkpoint(tmp_path / "best.ckpt", tmp_path / "a.ckpt"), weights_only=True)
-    plain = torch.load(export_training_checkpoint(tmp_path / "best.ckpt", tmp_path / "b.ckpt", use_ema=False),
-                       weights_only=True)
+    plain = torch.load(
+        export_training_checkpoint(tmp_path / "best.ckpt", tmp_path / "b.ckpt", use_ema=False), weights_only=True
+    )
     assert set(with_ema) == set(plain) == {"format", "model_config", "model"}
     key = "detector.transformer.decoder.bbox_embed.layers.0.weight"
     assert torch.equal(with_ema["model"][key], ema.state_dict()["model"][key])

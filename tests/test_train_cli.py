@@ -13,12 +13,12 @@ import sys
 import pytest
 import torch
 import yaml
+from train_helpers import TINY, make_dataset, threads
 
 from sam3lite_core import cli
-from sam3lite_core.train import __main__ as train_main
 from sam3lite_core.eval.evaluate import evaluate
+from sam3lite_core.train import __main__ as train_main
 from sam3lite_core.weights import load_model
-from train_helpers import TINY, make_dataset, threads
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,23 @@ def cli_run(tmp_path_factory):
     dataset = make_dataset(root / "synth")
     config = root / "run.yaml"
     config.write_text(yaml.safe_dump({**TINY, "runs_root": str(root / "runs"), "cache_dir": str(root / "cache")}))
-    argv = [sys.executable, "-m", "sam3lite_core.cli", "train", "--config", str(config), "--dataset", str(dataset),
-            "--set", "max_epochs=1", "--set", "run_name=cli", "--set", "upstream_log_lines=true"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "sam3lite_core.cli",
+        "train",
+        "--config",
+        str(config),
+        "--dataset",
+        str(dataset),
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "run_name=cli",
+        "--set",
+        "upstream_log_lines=true",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return root, dataset, done
 
 
@@ -63,13 +76,28 @@ def test_eval_command_on_a_folder_and_on_a_coco_json(cli_run, capsys):
     root, dataset, _ = cli_run
     export = root / "runs" / "cli" / "checkpoints" / "export.ckpt"
     with threads(1):
-        assert cli.main(["eval", "--checkpoint", str(export), "--dataset", str(dataset), "--cache-dir",
-                         str(root / "cache"), "--json"]) == 0
+        assert (
+            cli.main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(export),
+                    "--dataset",
+                    str(dataset),
+                    "--cache-dir",
+                    str(root / "cache"),
+                    "--json",
+                ]
+            )
+            == 0
+        )
         from_folder = json.loads(capsys.readouterr().out)
         val_json = next((root / "cache" / "coco").glob("*/val.json"))
         images = dataset / "val"
-        assert cli.main(["eval", "--checkpoint", str(export), "--dataset", str(val_json),
-                         "--images-root", str(images)]) == 0
+        assert (
+            cli.main(["eval", "--checkpoint", str(export), "--dataset", str(val_json), "--images-root", str(images)])
+            == 0
+        )
         table = capsys.readouterr().out
         direct = evaluate(load_model(export), val_json, images)
     assert from_folder["AP"] == direct.AP and from_folder["num_images"] == 2
@@ -80,8 +108,19 @@ def test_export_command(cli_run, capsys, tmp_path):
     root, _, _ = cli_run
     run = root / "runs" / "cli"
     assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "ema.ckpt")]) == 0
-    assert cli.main(["export", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--out",
-                     str(tmp_path / "raw.ckpt"), "--no-ema"]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--checkpoint",
+                str(run / "checkpoints" / "best.ckpt"),
+                "--out",
+                str(tmp_path / "raw.ckpt"),
+                "--no-ema",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     ema, raw = (torch.load(tmp_path / name, weights_only=True) for name in ("ema.ckpt", "raw.ckpt"))
     active = torch.load(run / "checkpoints" / "export.ckpt", weights_only=True)
@@ -107,12 +146,33 @@ def test_sigterm_saves_last_checkpoint_at_the_current_step(tmp_path):
     """A signal mid-epoch: training stops at the end of that step, saves last.ckpt there, exits 130, and
     `--resume` continues from it."""
     dataset = make_dataset(tmp_path / "data")
-    args = ["--dataset", str(dataset), "--set", f"runs_root={tmp_path / 'runs'}", "--set", "run_name=stopped",
-            "--set", "max_epochs=200", "--set", "preset=tiny", "--set", "train_batch_size=2",
-            "--set", "num_train_workers=0", "--set", "log_freq=1", "--set", "skip_first_val=true"]
-    process = subprocess.Popen([sys.executable, "-m", "sam3lite_core.cli", "train", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=os.environ | {"OMP_NUM_THREADS": "1"})
+    args = [
+        "--dataset",
+        str(dataset),
+        "--set",
+        f"runs_root={tmp_path / 'runs'}",
+        "--set",
+        "run_name=stopped",
+        "--set",
+        "max_epochs=200",
+        "--set",
+        "preset=tiny",
+        "--set",
+        "train_batch_size=2",
+        "--set",
+        "num_train_workers=0",
+        "--set",
+        "log_freq=1",
+        "--set",
+        "skip_first_val=true",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sam3lite_core.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     steps = 0
     for line in process.stdout:
         if line.startswith("[sam3lite-metric]") and '"phase": "train"' in line:
@@ -124,8 +184,12 @@ def test_sigterm_saves_last_checkpoint_at_the_current_step(tmp_path):
     assert result["stopped_reason"] == "cancelled" and result["export_checkpoint"] is None
     saved = torch.load(tmp_path / "runs" / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["train_state"]["step"] == result["steps_done"] >= 7
-    resumed = subprocess.run([sys.executable, "-m", "sam3lite_core.cli", "train", *args, "--set", "max_epochs=3",
-                              "--resume"], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sam3lite_core.cli", "train", *args, "--set", "max_epochs=3", "--resume"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     finished = json.loads((tmp_path / "runs" / "stopped" / "result.json").read_text())
     assert finished["resumed_from_step"] == result["steps_done"] and finished["steps_done"] == 15

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import make_dataset
 
 WORKER = Path(__file__).parent / "train_ddp_worker.py"
@@ -40,8 +39,10 @@ def _run(argv: list[str], tmp_path: Path) -> None:
 def test_two_gloo_ranks_match_one_process_on_the_union_batch(tmp_path):
     dataset = make_dataset(tmp_path / "synth", images=20)  # 16 train images: 3 steps of 2 x 2
     args = ["--dataset", str(dataset), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), "--steps", "3"]
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-          *args], tmp_path)
+    _run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER), *args],
+        tmp_path,
+    )
     _run([sys.executable, str(WORKER), *args, "--world", "2"], tmp_path)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     single = torch.load(tmp_path / "single.pt", weights_only=True)

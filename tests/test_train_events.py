@@ -25,8 +25,17 @@ VAL_RE = re.compile(r"Val Epoch:\s*\[(\d+)\]\[\s*(\d+)\s*/\s*(\d+)\]")
 PAIR_RE = re.compile(rf"'([^']+)':\s*np\.float64\(({NUM})\)")
 EPOCH_RE = re.compile(r"'Trainer/epoch':\s*(\d+)")
 
-TRAIN = {"phase": "train", "epoch": 3, "step": 47, "batch": 7, "batches_per_epoch": 20, "loss": 123.456789,
-         "loss_avg10": 130.5, "lr": 8e-5, "step_time": 0.5}
+TRAIN = {
+    "phase": "train",
+    "epoch": 3,
+    "step": 47,
+    "batch": 7,
+    "batches_per_epoch": 20,
+    "loss": 123.456789,
+    "loss_avg10": 130.5,
+    "lr": 8e-5,
+    "step_time": 0.5,
+}
 VAL = {"phase": "val", "epoch": 3, "step": 60, "AP": 0.25, "AP50": 0.5, "AP75": 0.2, "AR10": 0.3, "AR100": 0.4}
 
 
@@ -34,7 +43,7 @@ def test_machine_lines():
     assert event_lines(progress_event(0.45123, "epoch 3/20")) == ["[sam3lite-progress 0.4512] epoch 3/20"]
     assert event_lines(progress_event(1.7, "x"))[0].startswith("[sam3lite-progress 1.0000]")
     line = event_lines(metric_event(TRAIN))[0]
-    assert line.startswith("[sam3lite-metric]") and json.loads(line[len("[sam3lite-metric]"):]) == TRAIN
+    assert line.startswith("[sam3lite-metric]") and json.loads(line[len("[sam3lite-metric]") :]) == TRAIN
     line = event_lines(result_event({"steps_done": 3}))[0]
     assert json.loads(line.removeprefix("[sam3lite-result]")) == {"steps_done": 3}
     assert event_lines(log_event("hello")) == ["hello"]
@@ -50,8 +59,10 @@ def test_upstream_lines_parse_with_the_backend_regexes():
     val_line = event_lines(metric_event(VAL), upstream=True)[1]
     assert "Meters:" in val_line and "coco_eval_bbox_AP" in val_line
     pairs = dict(PAIR_RE.findall(val_line))
-    by_suffix = {suffix: float(next(v for k, v in pairs.items() if k.endswith("coco_eval_bbox_" + suffix)))
-                 for suffix in ("AP", "AP_50", "AP_75", "AR_maxDets@10", "AR_maxDets@100")}
+    by_suffix = {
+        suffix: float(next(v for k, v in pairs.items() if k.endswith("coco_eval_bbox_" + suffix)))
+        for suffix in ("AP", "AP_50", "AP_75", "AR_maxDets@10", "AR_maxDets@100")
+    }
     assert by_suffix == {"AP": 0.25, "AP_50": 0.5, "AP_75": 0.2, "AR_maxDets@10": 0.3, "AR_maxDets@100": 0.4}
     assert int(EPOCH_RE.search(val_line).group(1)) + 1 == 3  # the backend adds 1
 
@@ -63,7 +74,9 @@ def test_upstream_lines_parse_with_the_backend_regexes():
 def test_printer_lines_off_a_terminal_and_a_bar_on_one():
     events = [
         progress_event(0.1, "epoch 1/2 step 1/5 loss 3.0", phase="train", epoch=1, step=1, total_steps=10),
-        metric_event(TRAIN), log_event("saved"), metric_event(VAL),
+        metric_event(TRAIN),
+        log_event("saved"),
+        metric_event(VAL),
         result_event({"stopped_reason": "completed", "best_metrics": {"AP": 0.25, "AP50": 0.5}, "steps_done": 10}),
     ]
     plain = io.StringIO()

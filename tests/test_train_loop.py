@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import Recorder, make_dataset, threads, tiny_config
 
-from sam3lite_core.weights import load_checkpoint, save_checkpoint
 from sam3lite_core.eval.coco_eval import STAT_NAMES
 from sam3lite_core.model.sam3lite import build_model
 from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.loop import train
-from train_helpers import Recorder, make_dataset, threads, tiny_config
+from sam3lite_core.weights import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,10 @@ def finished(work):
     dataset, runs = work
     recorder = Recorder()
     with threads(1):
-        result = train(tiny_config(dataset, runs, run_name="full", max_epochs=3, val_epoch_freq=2,
-                                   upstream_log_lines=True), recorder)
+        result = train(
+            tiny_config(dataset, runs, run_name="full", max_epochs=3, val_epoch_freq=2, upstream_log_lines=True),
+            recorder,
+        )
     return result, recorder
 
 
@@ -43,9 +45,18 @@ def test_run_folder_contents(finished):
     result, _ = finished
     run = Path(result.run_dir)
     assert run.name == "full"
-    for rel in ("config.yaml", "metrics.csv", "result.json", "train.log", "checkpoints/last.ckpt",
-                "checkpoints/best.ckpt", "checkpoints/export.ckpt", "plots/loss.png", "plots/map.png",
-                "plots/pr_curve.png"):
+    for rel in (
+        "config.yaml",
+        "metrics.csv",
+        "result.json",
+        "train.log",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "checkpoints/export.ckpt",
+        "plots/loss.png",
+        "plots/map.png",
+        "plots/pr_curve.png",
+    ):
         assert (run / rel).is_file(), rel
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert not list((run / "checkpoints").glob(".*.tmp"))
@@ -76,8 +87,20 @@ def test_result_and_events(finished):
 def test_checkpoints_load_weights_only_and_export_is_the_ema(finished):
     result, _ = finished
     last = torch.load(result.last_checkpoint, weights_only=True)
-    for key in ("model", "model_config", "optimizer", "scheduler", "scaler", "ema", "miner", "rng", "train_state",
-                "config", "dataset_signature", "metrics"):
+    for key in (
+        "model",
+        "model_config",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "miner",
+        "rng",
+        "train_state",
+        "config",
+        "dataset_signature",
+        "metrics",
+    ):
         assert key in last, key
     assert last["train_state"]["step"] == 15 and last["train_state"]["epoch"] == 3
     assert all(k.startswith("detector.") for k in last["model"])
@@ -133,10 +156,17 @@ def test_time_limit_stops_cleanly_with_checkpoints(work):
     assert Path(result.export_checkpoint).is_file() and result.best_metrics
 
 
-@pytest.mark.parametrize(("cpus", "device", "requested", "workers", "threads_left"), [
-    (2, "cpu", 4, 0, 2), (2, "cpu", 1, 1, 1), (1, "cpu", 1, 0, 1), (16, "cpu", 4, 4, 12), (8, "cpu", 8, 2, 6),
-    (4, "cuda", 4, 3, 1),
-])
+@pytest.mark.parametrize(
+    ("cpus", "device", "requested", "workers", "threads_left"),
+    [
+        (2, "cpu", 4, 0, 2),
+        (2, "cpu", 1, 1, 1),
+        (1, "cpu", 1, 0, 1),
+        (16, "cpu", 4, 4, 12),
+        (8, "cpu", 8, 2, 6),
+        (4, "cuda", 4, 3, 1),
+    ],
+)
 def test_loader_workers_take_whole_cores_from_the_training_threads(
     monkeypatch, cpus, device, requested, workers, threads_left
 ):
@@ -162,8 +192,17 @@ def test_a_loader_worker_changes_nothing_but_the_threads(work, monkeypatch):
     for workers in (0, 1):
         recorder = Recorder()
         with threads(2):
-            train(tiny_config(dataset, runs, run_name=f"workers-{workers}", max_epochs=1, num_train_workers=workers,
-                              log_every_batch=True), lambda e: (recorder(e), workers and during_training(e)))
+            train(
+                tiny_config(
+                    dataset,
+                    runs,
+                    run_name=f"workers-{workers}",
+                    max_epochs=1,
+                    num_train_workers=workers,
+                    log_every_batch=True,
+                ),
+                lambda e: (recorder(e), workers and during_training(e)),  # noqa: B023 (called in this iteration)
+            )
             assert torch.get_num_threads() == 2  # given back
         losses[workers] = [m["loss"] for m in recorder.train_metrics()]
     assert seen == {"threads": 1, "workers": 1}
@@ -178,8 +217,9 @@ def test_nonfinite_losses_are_skipped_then_abort(work, tmp_path):
     save_checkpoint(tmp_path / "nan.ckpt", broken)
     recorder = Recorder()
     with threads(1):
-        result = train(tiny_config(dataset, runs, init_checkpoint=str(tmp_path / "nan.ckpt"),
-                                   max_nonfinite_steps=2), recorder)
+        result = train(
+            tiny_config(dataset, runs, init_checkpoint=str(tmp_path / "nan.ckpt"), max_nonfinite_steps=2), recorder
+        )
     assert result.stopped_reason == "nonfinite_abort" and result.nonfinite_steps == 3 and result.steps_done == 3
     assert result.export_checkpoint is None
     assert sum("non-finite loss or gradient" in line for line in recorder.logs()) == 3

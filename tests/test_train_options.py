@@ -54,8 +54,10 @@ def test_gradient_accumulation_takes_the_mean_of_micro_batch_gradients(work):
     c = build(work, train_batch_size=1, gradient_accumulation_steps=2)
     assert (c.train_data.micro_batches_per_epoch, c.train_data.steps_per_epoch) == (10, 5)
     assert build(work, train_batch_size=1).train_data.steps_per_epoch == 10
-    assert build(work, train_batch_size=1, gradient_accumulation_steps=2,
-                 target_epoch_size=6).train_data.steps_per_epoch == 3
+    assert (
+        build(work, train_batch_size=1, gradient_accumulation_steps=2, target_epoch_size=6).train_data.steps_per_epoch
+        == 3
+    )
     first, second = batches(c, 2)
     forward_backward(c, [first, second])
     both = grads(c.model)

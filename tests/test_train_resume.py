@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from sam3lite_core.train.loop import train
 from train_helpers import Interrupted, Recorder, make_dataset, threads, tiny_config
 
-RUN = {"max_epochs": 3, "checkpoint_every_steps": 3, "val_epoch_freq": 2, "hflip_prob": 0.5, "box_jitter": 0.05,
-       "ema": True, "hard_example_mining": True, "hard_example_fraction": 0.4, "denoising_groups": 2,
-       "prompt_variants": {"red circle": "disc, round"}}
+from sam3lite_core.train.loop import train
+
+RUN = {
+    "max_epochs": 3,
+    "checkpoint_every_steps": 3,
+    "val_epoch_freq": 2,
+    "hflip_prob": 0.5,
+    "box_jitter": 0.05,
+    "ema": True,
+    "hard_example_mining": True,
+    "hard_example_fraction": 0.4,
+    "denoising_groups": 2,
+    "prompt_variants": {"red circle": "disc, round"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,7 @@ def test_resume_mid_epoch_is_bit_identical(work):
     assert all(before[step] == losses[step] for step in before)
     mismatched = {step: (after[step], losses[step]) for step in after if after[step] != losses[step]}
     assert not mismatched  # exact float equality, step by step
-    assert resumed.val_metrics() == full.val_metrics()[-len(resumed.val_metrics()):]
+    assert resumed.val_metrics() == full.val_metrics()[-len(resumed.val_metrics()) :]
     assert result.best_metrics == expected.best_metrics and result.steps_done == expected.steps_done
 
     ours = torch.load(result.last_checkpoint, weights_only=True)

@@ -8,18 +8,26 @@ import math
 
 import pytest
 import torch
-
-from sam3lite_core.train.components import build_components
-from sam3lite_core.distributed import init_distributed
-from sam3lite_core.train.loop import train_step
 from train_helpers import make_dataset, tiny_config
+
+from sam3lite_core.distributed import init_distributed
+from sam3lite_core.train.components import build_components
+from sam3lite_core.train.loop import train_step
 
 
 @pytest.mark.slow
 def test_sam3_preset_takes_an_optimiser_step_at_336_px(tmp_path):
     dataset = make_dataset(tmp_path / "synth", images=4)
-    cfg = tiny_config(dataset, tmp_path / "runs", preset="sam3", resolution=336, train_batch_size=1, ema=False,
-                      freeze_vision_trunk=True, freeze_language_backbone=True)
+    cfg = tiny_config(
+        dataset,
+        tmp_path / "runs",
+        preset="sam3",
+        resolution=336,
+        train_batch_size=1,
+        ema=False,
+        freeze_vision_trunk=True,
+        freeze_language_backbone=True,
+    )
     c = build_components(cfg, init_distributed("cpu"), None)
     assert c.model.cfg.vision.image_size == 336 and cfg.use_activation_checkpointing
     trunk = c.model.backbone.vision_backbone.trunk

@@ -36,8 +36,9 @@ def test_documents_are_valid_for_the_pinned_dagster(graphql_schema, name):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with dagster_server(home=tmp_path_factory.mktemp("dagster") / "home", module="trigger_defs",
-                        working_directory=TESTS) as running:
+    with dagster_server(
+        home=tmp_path_factory.mktemp("dagster") / "home", module="trigger_defs", working_directory=TESTS
+    ) as running:
         yield running
 
 
@@ -49,8 +50,9 @@ def client(server):
 @pytest.fixture(scope="module")
 def finished(client):
     """One successful run of dataset `alpha`, shared by the tests that only read."""
-    run_id = client.launch("alpha", {"ops": {"trained_model": {"config": {"epochs": 3}}}},
-                           tags={"backend_request_id": "req-1"})
+    run_id = client.launch(
+        "alpha", {"ops": {"trained_model": {"config": {"epochs": 3}}}}, tags={"backend_request_id": "req-1"}
+    )
     return client.wait(run_id, poll_s=0.25, timeout_s=60)
 
 
@@ -67,7 +69,12 @@ def test_launch_wait_result(client, finished):
     assert result.gates == [Gate("evaluation", "map_gate", True, "ERROR", None, {"AP50": 0.62, "floor": 0.5})]
     assert result.errors == []
     assert [m.asset for m in result.materializations] == [
-        "staged_dataset", "coco_dataset", "trained_model", "evaluation", "active_checkpoint"]
+        "staged_dataset",
+        "coco_dataset",
+        "trained_model",
+        "evaluation",
+        "active_checkpoint",
+    ]
 
 
 @pytest.mark.e2e
@@ -137,8 +144,21 @@ def test_cli_launch_wait_then_result_json(server, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  evaluation:\n    config:\n      ap50: 0.2\n")
     trigger = ["trigger", "--url", server.url]
-    code = cli.main([*trigger, "launch", "--dataset", "beta", "--config", str(config), "--tag", "who=test",
-                     "--wait", "--poll", "0.25"])
+    code = cli.main(
+        [
+            *trigger,
+            "launch",
+            "--dataset",
+            "beta",
+            "--config",
+            str(config),
+            "--tag",
+            "who=test",
+            "--wait",
+            "--poll",
+            "0.25",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1, (out, err)  # the gate failed, so the run did not succeed
     run_id = out.splitlines()[0]
@@ -157,12 +177,19 @@ def test_cli_launch_wait_then_result_json(server, tmp_path, capsys):
 
 def test_cli_unreachable_server_is_one_clean_line():
     env = {**os.environ, "SAM3LITE_DAGSTER_URL": f"http://127.0.0.1:{free_port()}"}
-    done = subprocess.run([sys.executable, "-m", "sam3lite_core.cli", "trigger", "status", "some-run"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "sam3lite_core.cli", "trigger", "status", "some-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"sam3lite trigger: cannot reach the Dagster webserver at {env['SAM3LITE_DAGSTER_URL']}: Connection refused"]
+        f"sam3lite trigger: cannot reach the Dagster webserver at {env['SAM3LITE_DAGSTER_URL']}: Connection refused"
+    ]
 
 
 def test_cli_usage_errors_exit_2(capsys):
@@ -178,8 +205,8 @@ def test_cli_run_config_that_is_not_a_mapping_is_a_usage_error(tmp_path, capsys)
     config.write_text("- max_epochs: 3\n")
     assert cli.main(["trigger", "launch", "--dataset", "x", "--config", str(config)]) == 2
     assert capsys.readouterr().err == (
-        f"sam3lite trigger: {config} (run config): expected a mapping such as `ops: {{trained_model: {{config: ...}}}}` "
-        "at the top level, got list\n"
+        f"sam3lite trigger: {config} (run config): expected a mapping such as "
+        "`ops: {trained_model: {config: ...}}` at the top level, got list\n"
     )
 
 

@@ -66,15 +66,23 @@ def test_convert_skips_an_image_over_the_budget_and_caps_boxes(capsys, tmp_path)
     crowded = "".join(f"0 {0.1 + i / 50:.3f} 0.5 0.02 0.02\n" for i in range(30))  # 30 distinct boxes
     root = yolo_dataset(tmp_path / "ds", {"a": LINE, "b": crowded}, {"v": LINE})
     write_files(root, {"train/images/bomb.png": bomb_png(60000, 60000), "train/labels/bomb.txt": LINE})
-    status, out, _ = run(capsys, "convert", root, "--cache-dir", tmp_path / "cache", "--max-boxes-per-image", "5",
-                         "--json")
+    status, out, _ = run(
+        capsys, "convert", root, "--cache-dir", tmp_path / "cache", "--max-boxes-per-image", "5", "--json"
+    )
     assert status == 0
     result = json.loads(out)
     c, problems = result["report"]["counts"], result["report"]["problems"]
-    assert [p for p in problems if p["code"] == "over_budget"] == [{
-        "file": "train/images/bomb.png", "line": None, "code": "over_budget", "action": "image skipped", "hint": None,
-        "reason": "60000 x 60000 = 3600.0 MP is over the decode budget of 100.0 MP; downscale the image or raise the "
-                  "budget (--max-pixels, SAM3LITE_MAX_PIXELS)"}]
+    assert [p for p in problems if p["code"] == "over_budget"] == [
+        {
+            "file": "train/images/bomb.png",
+            "line": None,
+            "code": "over_budget",
+            "action": "image skipped",
+            "hint": None,
+            "reason": "60000 x 60000 = 3600.0 MP is over the decode budget of 100.0 MP; downscale the image or "
+            "raise the budget (--max-pixels, SAM3LITE_MAX_PIXELS)",
+        }
+    ]
     (capped,) = [p for p in problems if p["code"] == "too_many_boxes"]
     assert capped["file"] == "train/labels/b.txt" and "30 boxes on one image" in capped["reason"]
     assert c["images_found"] == c["images"] + c["skipped"] == 4 and c["skipped"] == 1
@@ -99,23 +107,32 @@ def test_convert_into_a_closed_pipe_ends_quietly(files, capsys, monkeypatch, tmp
 
 # eval
 def coco(**change) -> dict:
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": 56, "height": 40},
-                       {"id": 2, "file_name": "a.png", "width": 56, "height": 40}],
-            "categories": [{"id": 1, "name": "thing"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "area": 100,
-                             "iscrowd": 0}]}
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 56, "height": 40},
+            {"id": 2, "file_name": "a.png", "width": 56, "height": 40},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "area": 100, "iscrowd": 0}],
+    }
     data.update(change)
     return data
 
 
 BAD_COCO = {
-    "unknown image_id": (coco(annotations=[{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}]),
-                         "annotations[0] refers to image_id 7, which is not in 'images'"),
-    "duplicate image ids": (coco(images=[{"id": 1, "file_name": "a.png", "width": 56, "height": 40}] * 2),
-                            "images[1] repeats id 1"),
+    "unknown image_id": (
+        coco(annotations=[{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}]),
+        "annotations[0] refers to image_id 7, which is not in 'images'",
+    ),
+    "duplicate image ids": (
+        coco(images=[{"id": 1, "file_name": "a.png", "width": 56, "height": 40}] * 2),
+        "images[1] repeats id 1",
+    ),
     "no annotations": ({k: v for k, v in coco().items() if k != "annotations"}, "no 'annotations' list"),
-    "category mismatch": (coco(categories=[{"id": 5, "name": "thing"}]),
-                          "annotations[0] has category_id 1, which is not in 'categories' (listed: [5])"),
+    "category mismatch": (
+        coco(categories=[{"id": 5, "name": "thing"}]),
+        "annotations[0] has category_id 1, which is not in 'categories' (listed: [5])",
+    ),
     "top-level list": ([coco()], "the top level is a list, not a COCO object"),
 }
 
@@ -125,8 +142,18 @@ def test_eval_refuses_a_malformed_coco_json(files, capsys, tmp_path, case):
     data, message = BAD_COCO[case]
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(data))
-    status, _, err = run(capsys, "eval", "--checkpoint", files / "tiny.ckpt", "--dataset", path,
-                         "--images-root", files, "--device", "cpu")
+    status, _, err = run(
+        capsys,
+        "eval",
+        "--checkpoint",
+        files / "tiny.ckpt",
+        "--dataset",
+        path,
+        "--images-root",
+        files,
+        "--device",
+        "cpu",
+    )
     assert status == 2 and err.startswith(f"sam3lite eval: {path}: {message}")
 
 
@@ -142,17 +169,32 @@ def test_eval_empty_images_and_resolution_zero(files, capsys, tmp_path):
 # predict
 def test_predict_json_into_an_unwritable_folder_is_checked_first(files, capsys):
     out = files / "blocker" / "out.json"
-    status, _, err = run(capsys, "predict", files / "a.png", "--prompt", "x", "--checkpoint", files / "missing.ckpt",
-                         "--json", out)
+    status, _, err = run(
+        capsys, "predict", files / "a.png", "--prompt", "x", "--checkpoint", files / "missing.ckpt", "--json", out
+    )
     assert status == 1 and f"--json {out}: its folder" in err and "not a folder" in err  # before the checkpoint
 
 
 def test_predict_reports_a_bad_image_and_keeps_the_good(files, capsys, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(image_bytes()[:40])
     out = tmp_path / "out.json"
-    status, _, err = run(capsys, "predict", tmp_path / "broken.jpg", files / "a.png", tmp_path / "gone.png",
-                         "--prompt", "x", "--checkpoint", files / "tiny.ckpt", "--threshold", "0", "--json", out,
-                         "--device", "cpu")
+    status, _, err = run(
+        capsys,
+        "predict",
+        tmp_path / "broken.jpg",
+        files / "a.png",
+        tmp_path / "gone.png",
+        "--prompt",
+        "x",
+        "--checkpoint",
+        files / "tiny.ckpt",
+        "--threshold",
+        "0",
+        "--json",
+        out,
+        "--device",
+        "cpu",
+    )
     assert status == 1
     assert f"sam3lite predict: image {tmp_path / 'broken.jpg'}: the image cannot be decoded" in err
     assert f"sam3lite predict: image {tmp_path / 'gone.png'} does not exist" in err
@@ -172,15 +214,19 @@ def test_predict_refuses_a_blank_prompt(files, capsys, prompt):
 
 
 # train
-@pytest.mark.parametrize("setting, message", [
-    ("run_name=../x", "run_name: must be a plain folder name inside runs_root"),
-    ("run_name=/tmp/elsewhere", "run_name: must be a plain folder name inside runs_root"),
-    ("lr_scale=.inf", "lr_scale: Input should be a finite number (got inf)"),
-    ("o2m_weight=.nan", "o2m_weight: Input should be a finite number (got nan)"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("run_name=../x", "run_name: must be a plain folder name inside runs_root"),
+        ("run_name=/tmp/elsewhere", "run_name: must be a plain folder name inside runs_root"),
+        ("lr_scale=.inf", "lr_scale: Input should be a finite number (got inf)"),
+        ("o2m_weight=.nan", "o2m_weight: Input should be a finite number (got nan)"),
+    ],
+)
 def test_train_config_refusals(files, capsys, tmp_path, setting, message):
-    status, _, err = run(capsys, "train", "--dataset", files / "ds", "--set", f"runs_root={tmp_path / 'runs'}",
-                         "--set", setting)
+    status, _, err = run(
+        capsys, "train", "--dataset", files / "ds", "--set", f"runs_root={tmp_path / 'runs'}", "--set", setting
+    )
     assert status == 2 and message in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
 
@@ -193,7 +239,19 @@ def test_train_config_not_utf8(files, capsys, tmp_path):
 
 def test_train_unwritable_runs_root_is_checked_before_the_conversion(files, capsys, tmp_path):
     runs = files / "blocker" / "runs"
-    status, _, err = run(capsys, "train", "--dataset", files / "ds", "--set", f"runs_root={runs}",
-                         "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "preset=tiny", "--set", "device=cpu")
+    status, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        files / "ds",
+        "--set",
+        f"runs_root={runs}",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "preset=tiny",
+        "--set",
+        "device=cpu",
+    )
     assert status == 2 and f"runs_root {runs} is under {files / 'blocker'}, which is a file" in err
     assert not (tmp_path / "cache").exists()  # nothing was converted

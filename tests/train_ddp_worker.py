@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from train_helpers import tiny_config  # noqa: E402
 
+import sam3lite_core.distributed as distributed  # noqa: E402
 from sam3lite_core.data.collator import collate  # noqa: E402
 from sam3lite_core.data.dataset import CocoQueryDataset  # noqa: E402
-import sam3lite_core.distributed as distributed  # noqa: E402
 from sam3lite_core.distributed import init_distributed, shutdown  # noqa: E402
 from sam3lite_core.eval.evaluate import evaluate  # noqa: E402
 from sam3lite_core.train.components import build_components  # noqa: E402
@@ -80,18 +80,26 @@ def main() -> None:
     collectives = guard_collectives()
     world = args.world or info.world_size
     name = "ddp" if info.distributed else "single"
-    cfg = tiny_config(Path(args.dataset), Path(args.runs), run_name=name, grad_clip=0.0, ema=False, lr_scale=0.0,
-                      train_batch_size=args.per_rank)
+    cfg = tiny_config(
+        Path(args.dataset),
+        Path(args.runs),
+        run_name=name,
+        grad_clip=0.0,
+        ema=False,
+        lr_scale=0.0,
+        train_batch_size=args.per_rank,
+    )
     c = build_components(cfg, info, None)
     if not info.distributed:
         c.criterion = ScaledLoss(c.criterion, 1 / math.sqrt(world))
-    data = CocoQueryDataset(c.data_result.train_json, c.data_result.train_images_root, loader_settings(cfg),
-                            train=False)  # no augmentation
+    data = CocoQueryDataset(
+        c.data_result.train_json, c.data_result.train_images_root, loader_settings(cfg), train=False
+    )  # no augmentation
     stats = evaluate(c.model, c.val.coco_json, c.val.images_root).stats
     out: dict = {"eval": stats, "steps": []}
     for step in range(args.steps):
         union = list(range(step * world * args.per_rank, (step + 1) * world * args.per_rank))
-        mine = union if not info.distributed else union[info.rank * args.per_rank:(info.rank + 1) * args.per_rank]
+        mine = union if not info.distributed else union[info.rank * args.per_rank : (info.rank + 1) * args.per_rank]
         result = train_step(c, [collate([data[i] for i in mine])], step + 5)  # past the lr warm-up's zero
         grads = {n: p.grad.clone() for n, p in c.model.named_parameters() if p.grad is not None}
         out["steps"].append({"grads": grads, "loss": result.loss})

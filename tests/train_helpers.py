@@ -39,8 +39,9 @@ def make_dataset(root: Path, images: int = 12) -> Path:
 
 
 def tiny_config(dataset: Path, runs: Path, **fields: Any) -> TrainConfig:
-    return TrainConfig.parse({**TINY, "dataset": str(dataset), "runs_root": str(runs),
-                              "cache_dir": str(runs.parent / "cache"), **fields})
+    return TrainConfig.parse(
+        {**TINY, "dataset": str(dataset), "runs_root": str(runs), "cache_dir": str(runs.parent / "cache"), **fields}
+    )
 
 
 class Interrupted(Exception):

@@ -56,16 +56,25 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig) -> dg.
 
 
 @dg.asset(
-    partitions_def=datasets, deps=[trained_model],
+    partitions_def=datasets,
+    deps=[trained_model],
     # Declared on the asset, so the gate sees this partition's numbers and a failure stops active_checkpoint.
     check_specs=[dg.AssetCheckSpec("map_gate", asset="evaluation", blocking=True)],
 )
 def evaluation(context: dg.AssetExecutionContext, config: EvalConfig) -> dg.MaterializeResult:
     return dg.MaterializeResult(
-        metadata={"AP50": config.ap50, "AP": config.ap50 / 2,
-                  "checkpoint": dg.MetadataValue.path(_checkpoint(context.partition_key))},
-        check_results=[dg.AssetCheckResult(check_name="map_gate", passed=config.ap50 >= AP50_FLOOR,
-                                           metadata={"AP50": config.ap50, "floor": AP50_FLOOR})],
+        metadata={
+            "AP50": config.ap50,
+            "AP": config.ap50 / 2,
+            "checkpoint": dg.MetadataValue.path(_checkpoint(context.partition_key)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="map_gate",
+                passed=config.ap50 >= AP50_FLOOR,
+                metadata={"AP50": config.ap50, "floor": AP50_FLOOR},
+            )
+        ],
     )
 
 

@@ -5,10 +5,10 @@ them for SAM3 but with the config's sizes, plus the helpers parity tests share (
 from __future__ import annotations
 
 import torch
+import vendor_harness
 from torch import nn
 
 import bpe
-import vendor_harness
 from sam3lite_core.model.config import ModelConfig, TransformerConfig, VisionConfig
 
 V = vendor_harness.vendor_class
@@ -159,13 +159,25 @@ def image_model(cfg: ModelConfig) -> nn.Module:
     )
     tokenizer = V("sam3.model.tokenizer_ve", "SimpleTokenizer")(bpe_path=str(bpe.vocab_path()))
     text = V("sam3.model.text_encoder_ve", "VETextEncoder")(
-        tokenizer=tokenizer, d_model=t.d_model, width=x.width, heads=x.heads, layers=x.layers,
-        context_length=x.context_length, vocab_size=x.vocab_size,
+        tokenizer=tokenizer,
+        d_model=t.d_model,
+        width=x.width,
+        heads=x.heads,
+        layers=x.layers,
+        context_length=x.context_length,
+        vocab_size=x.vocab_size,
     )
     # VETextEncoder fixes the MLP ratio (4) and text_projection width (512); rebuild its tower at our dims.
     text.encoder = V("sam3.model.text_encoder_ve", "TextTransformer")(
-        context_length=x.context_length, vocab_size=x.vocab_size, width=x.width, heads=x.heads, layers=x.layers,
-        mlp_ratio=x.mlp_width / x.width, output_dim=x.projection_dim, output_tokens=True, use_ln_post=True,
+        context_length=x.context_length,
+        vocab_size=x.vocab_size,
+        width=x.width,
+        heads=x.heads,
+        layers=x.layers,
+        mlp_ratio=x.mlp_width / x.width,
+        output_dim=x.projection_dim,
+        output_tokens=True,
+        use_ln_post=True,
     )
     backbone = V("sam3.model.vl_combiner", "SAM3VLBackbone")(visual=neck, text=text, scalp=1)
     transformer = V("sam3.model.model_misc", "TransformerWrapper")(

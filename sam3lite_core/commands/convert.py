@@ -19,16 +19,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="YOLO or Qwen dataset folder (read only)")
     parser.add_argument("--cache-dir", required=True, metavar="DIR", help="where converted datasets are kept")
     parser.add_argument(
-        "--val-fraction", type=float, default=defaults.val_fraction,
+        "--val-fraction",
+        type=float,
+        default=defaults.val_fraction,
         help=f"share of images hashed into val when there is no val/ split (default {defaults.val_fraction})",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of that split (default {defaults.seed})")
-    parser.add_argument("--missing-labels", choices=("background", "skip"), default=defaults.missing_labels,
-                        help="images without a label file: background images (default) or skipped")
-    parser.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels, metavar="N",
-                        help=f"decode budget: images over N pixels are skipped (default {defaults.max_pixels})")
-    parser.add_argument("--max-boxes-per-image", type=positive_int, default=defaults.max_boxes_per_image,
-                        metavar="N", help=f"boxes kept per image (default {defaults.max_boxes_per_image})")
+    parser.add_argument(
+        "--missing-labels",
+        choices=("background", "skip"),
+        default=defaults.missing_labels,
+        help="images without a label file: background images (default) or skipped",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=defaults.max_pixels,
+        metavar="N",
+        help=f"decode budget: images over N pixels are skipped (default {defaults.max_pixels})",
+    )
+    parser.add_argument(
+        "--max-boxes-per-image",
+        type=positive_int,
+        default=defaults.max_boxes_per_image,
+        metavar="N",
+        help=f"boxes kept per image (default {defaults.max_boxes_per_image})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     parser.add_argument("--all-problems", action="store_true", help="list every problem in the text report")
 
@@ -36,8 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = ConvertSettings(
-            val_fraction=args.val_fraction, seed=args.seed, missing_labels=args.missing_labels,
-            max_pixels=args.max_pixels, max_boxes_per_image=args.max_boxes_per_image,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            missing_labels=args.missing_labels,
+            max_pixels=args.max_pixels,
+            max_boxes_per_image=args.max_boxes_per_image,
         )
     except ValueError as exc:
         print(f"sam3lite convert: invalid settings: {exc}")

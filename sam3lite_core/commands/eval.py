@@ -27,8 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--max-dets", type=positive_int, default=100, help="detections kept per image")
-    parser.add_argument("--max-pixels", type=positive_int, default=default_max_pixels(), metavar="N",
-                        help="decode budget: images over N pixels are skipped in conversion and refused in loading")
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=default_max_pixels(),
+        metavar="N",
+        help="decode budget: images over N pixels are skipped in conversion and refused in loading",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     parser.add_argument("--no-ema", action="store_true", help="the trained weights even when EMA weights exist")
@@ -61,9 +66,17 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
     coco_json, images_root = _split(args)
     read_coco(coco_json)  # a malformed file is refused before the checkpoint loads
     result = evaluate(
-        args.checkpoint, coco_json, images_root, batch_size=args.batch_size, num_workers=args.workers,
-        max_dets=args.max_dets, amp=args.amp, device=pick_device(args.device), resolution=args.resolution,
-        use_ema=not args.no_ema, max_pixels=args.max_pixels,
+        args.checkpoint,
+        coco_json,
+        images_root,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_dets=args.max_dets,
+        amp=args.amp,
+        device=pick_device(args.device),
+        resolution=args.resolution,
+        use_ema=not args.no_ema,
+        max_pixels=args.max_pixels,
     )
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -38,10 +38,16 @@ EXEMPLAR_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", type=prompt_text,
-                        help="text prompt (repeatable)")
-    parser.add_argument("--box", action="append", default=[], metavar="X,Y,W,H[:neg]",
-                        help="exemplar box in pixels of the one image (repeatable; ':neg' = negative)")
+    parser.add_argument(
+        "--prompt", action="append", default=[], metavar="TEXT", type=prompt_text, help="text prompt (repeatable)"
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="X,Y,W,H[:neg]",
+        help="exemplar box in pixels of the one image (repeatable; ':neg' = negative)",
+    )
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="our checkpoint or an upstream sam3.pt")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score kept (default 0.5)")
     parser.add_argument("--max-detections", type=int, default=100, help="best detections kept per prompt")
@@ -50,13 +56,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--json", metavar="OUT", help="write the detections as JSON to OUT ('-' = stdout)")
     parser.add_argument("--viz", metavar="OUT_DIR", help="save each image with its boxes drawn into OUT_DIR")
-    parser.add_argument("--max-pixels", type=positive_int, default=default_max_pixels(), metavar="N",
-                        help="decode budget: an image over N pixels is reported and skipped")
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=default_max_pixels(),
+        metavar="N",
+        help="decode budget: an image over N pixels is reported and skipped",
+    )
     parser.add_argument("--tile", type=int, metavar="SIZE", help="run on overlapping SIZE px windows, then merge")
-    parser.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
-                        help="least fraction of a window its neighbours share (default 0.2)")
-    parser.add_argument("--tile-merge-iou", type=float, default=0.5, metavar="F",
-                        help="boxes from different windows overlapping above this IoU are one object (default 0.5)")
+    parser.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="least fraction of a window its neighbours share (default 0.2)",
+    )
+    parser.add_argument(
+        "--tile-merge-iou",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="boxes from different windows overlapping above this IoU are one object (default 0.5)",
+    )
 
 
 def parse_box(text: str) -> tuple[list[float], int]:
@@ -93,9 +114,14 @@ def _record(image: str, per_image: list[list[Any]], size: tuple[int, int]) -> di
     for d in (d for per_prompt in per_image for d in per_prompt):
         x0, y0, x1, y1 = (min(max(v, 0.0), side) for v, side in zip(d.box_xyxy, (width, height, width, height)))
         cxcywh = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
-        detections.append({"prompt": d.prompt, "score": round(d.score, 5),
-                           "box_xyxy": [round(v, 2) for v in (x0, y0, x1, y1)],
-                           "box_cxcywh": [round(v, 5) for v in cxcywh]})
+        detections.append(
+            {
+                "prompt": d.prompt,
+                "score": round(d.score, 5),
+                "box_xyxy": [round(v, 2) for v in (x0, y0, x1, y1)],
+                "box_cxcywh": [round(v, 5) for v in cxcywh],
+            }
+        )
     return {"image": image, "detections": detections}
 
 
@@ -164,8 +190,14 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"sam3lite predict: {exc}", file=sys.stderr)
             failed += 1
             continue
-        found = predictor.predict(pixels, prompts, threshold=args.threshold, max_detections=args.max_detections,
-                                  nms_iou=args.nms_iou, tile=tile)[0]
+        found = predictor.predict(
+            pixels,
+            prompts,
+            threshold=args.threshold,
+            max_detections=args.max_detections,
+            nms_iou=args.nms_iou,
+            tile=tile,
+        )[0]
         records.append(_record(image, found, pixels.shape[:2]))
         if args.viz:
             drawn.append(_draw(image, pixels, records[-1]["detections"], Path(args.viz)))

@@ -20,12 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--runs-root", default="runs", metavar="DIR", help="run folders that may be activated")
-    parser.add_argument("--base-checkpoint", default=os.environ.get("SAM3_CHECKPOINT_PATH"), metavar="PATH",
-                        help="weights served when no run is active (default: env SAM3_CHECKPOINT_PATH)")
+    parser.add_argument(
+        "--base-checkpoint",
+        default=os.environ.get("SAM3_CHECKPOINT_PATH"),
+        metavar="PATH",
+        help="weights served when no run is active (default: env SAM3_CHECKPOINT_PATH)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--max-upload-mb", type=float, default=100.0,
-                        help="largest accepted image (MiB; default 100, the backend's limit)")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=100.0,
+        help="largest accepted image (MiB; default 100, the backend's limit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +49,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     app = create_app(
-        args.runs_root, base_checkpoint=args.base_checkpoint, device=str(pick_device(args.device)),
-        precision=args.precision, max_upload_bytes=int(args.max_upload_mb * 2**20),
+        args.runs_root,
+        base_checkpoint=args.base_checkpoint,
+        device=str(pick_device(args.device)),
+        precision=args.precision,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

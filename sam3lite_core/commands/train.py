@@ -22,11 +22,22 @@ from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="training config (run.yaml); fields as in --help-config")
     parser.add_argument("--dataset", metavar="DIR", help="YOLO/Qwen dataset folder (overrides the config's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field, value read as YAML (repeatable): --set max_epochs=30")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, value read as YAML (repeatable): --set max_epochs=30",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run (run_name, else the newest)")
-    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                        help="data-parallel processes on this machine (one per GPU); runs torchrun")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine (one per GPU); runs torchrun",
+    )
     parser.add_argument("--help-config", action="store_true", help="list every config field and exit")
 
 

@@ -30,8 +30,10 @@ def _list(data: Mapping[str, Any], key: str, source: str) -> list[Any]:
     value = data.get(key)
     if not isinstance(value, list):
         found = "no" if value is None else f"a {type(value).__name__} as"
-        raise CocoError(f"{source}: {found} {key!r} list at the top level; a COCO detection file has "
-                        f"'images', 'annotations' and 'categories' lists; {_FIX}")
+        raise CocoError(
+            f"{source}: {found} {key!r} list at the top level; a COCO detection file has "
+            f"'images', 'annotations' and 'categories' lists; {_FIX}"
+        )
     return value
 
 
@@ -54,8 +56,10 @@ def check_coco(data: Any, source: str) -> dict[str, Any]:
     """`data` when it is a usable COCO detection dict (images, annotations and categories with unique ids; every
     annotation's image and category listed, a 4-number bbox); else CocoError naming `source`."""
     if not isinstance(data, dict):
-        raise CocoError(f"{source}: the top level is a {type(data).__name__}, not a COCO object "
-                        f"{{'images': [...], 'annotations': [...], 'categories': [...]}}; {_FIX}")
+        raise CocoError(
+            f"{source}: the top level is a {type(data).__name__}, not a COCO object "
+            f"{{'images': [...], 'annotations': [...], 'categories': [...]}}; {_FIX}"
+        )
     images = _ids(_list(data, "images", source), "images", source, ("id", "file_name", "width", "height"))
     categories = _ids(_list(data, "categories", source), "categories", source, ("id", "name"))
     annotations = _list(data, "annotations", source)
@@ -65,8 +69,10 @@ def check_coco(data: Any, source: str) -> dict[str, Any]:
         if not isinstance(ann["image_id"], int) or ann["image_id"] not in images:
             problem = f"refers to image_id {ann['image_id']!r}, which is not in 'images'"
         elif not isinstance(ann["category_id"], int) or ann["category_id"] not in categories:
-            problem = (f"has category_id {ann['category_id']!r}, which is not in 'categories' "
-                       f"(listed: {sorted(categories)[:20]})")
+            problem = (
+                f"has category_id {ann['category_id']!r}, which is not in 'categories' "
+                f"(listed: {sorted(categories)[:20]})"
+            )
         elif not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
             problem = "has a bbox that is not [x, y, width, height] numbers"
         else:

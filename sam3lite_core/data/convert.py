@@ -87,8 +87,10 @@ def _coco(
     records: list[ImageRecord], categories: list[Category], first_image: int, first_ann: int, about: dict
 ) -> dict:
     """COCO dict of `records`, image ids from `first_image`, annotation ids from `first_ann`."""
-    images = [{"id": i, "file_name": r.file_name, "width": r.width, "height": r.height}
-              for i, r in enumerate(records, first_image)]
+    images = [
+        {"id": i, "file_name": r.file_name, "width": r.width, "height": r.height}
+        for i, r in enumerate(records, first_image)
+    ]
     # Pixel arithmetic and rounding for all boxes at once: per-box Python rounding dominated the conversion.
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     boxes = np.array([b for r in records for b in r.boxes], dtype=np.float64).reshape(-1, 5)  # [A, 5] cls x1 y1 x2 y2
@@ -103,8 +105,13 @@ def _coco(
         {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": a, "iscrowd": 0}
         for ann_id, image_id, cat, bbox, a in zip(itertools.count(first_ann), owner, category, xywh, area)
     ]
-    return {"info": about, "licenses": [], "images": images, "annotations": annotations,
-            "categories": [c.model_dump() for c in categories]}
+    return {
+        "info": about,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [c.model_dump() for c in categories],
+    }
 
 
 def _images_root(layout: DatasetLayout, records: list[ImageRecord], fallback: str) -> str:
@@ -132,12 +139,19 @@ def _write_entry(out_dir: Path, files: dict[str, dict]) -> None:
 def _result(layout: DatasetLayout, out_dir: Path, manifest: dict, report: ScanReport, hit: bool) -> ConvertResult:
     roots = manifest["images_roots"]
     return ConvertResult(
-        signature=manifest["signature"], cache_hit=hit, cache_key=out_dir.name, out_dir=str(out_dir),
-        train_json=str(out_dir / "train.json"), val_json=str(out_dir / "val.json"),
+        signature=manifest["signature"],
+        cache_hit=hit,
+        cache_key=out_dir.name,
+        out_dir=str(out_dir),
+        train_json=str(out_dir / "train.json"),
+        val_json=str(out_dir / "val.json"),
         train_images_root=str((layout.root / roots["train"]).resolve()),
         val_images_root=str((layout.root / roots["val"]).resolve()),
-        categories=manifest["categories"], split_method=manifest["split"]["method"], counts=manifest["counts"],
-        settings=manifest["settings"], report=report,
+        categories=manifest["categories"],
+        split_method=manifest["split"]["method"],
+        counts=manifest["counts"],
+        settings=manifest["settings"],
+        report=report,
     )
 
 
@@ -184,8 +198,10 @@ def _convert(inputs: InputFiles, cache_dir: Path, settings: ConvertSettings) -> 
         "categories": [c.model_dump() for c in categories],
         "images_roots": {"train": train_root, "val": _images_root(layout, val, train_root)},
         "counts": SplitCounts(
-            train_images=len(train), val_images=len(val),
-            train_boxes=len(train_coco["annotations"]), val_boxes=len(val_coco["annotations"]),
+            train_images=len(train),
+            val_images=len(val),
+            train_boxes=len(train_coco["annotations"]),
+            val_boxes=len(val_coco["annotations"]),
         ).model_dump(),
         "split": {"method": method, "train": [r.rel for r in train], "val": [r.rel for r in val]},
         "report": report.model_dump(mode="json"),

@@ -36,7 +36,9 @@ class LoaderSettings(BaseModel):
     hflip_prob: float = Field(default=0.0, ge=0.0, le=1.0, description="horizontal flip probability (train only)")
     box_jitter: float = Field(default=0.0, ge=0.0, le=0.5, description="box edge noise, share of the side (train only)")
     train_min_scale: float = Field(
-        default=VENDOR_MIN_SCALE, gt=0.0, le=1.0,
+        default=VENDOR_MIN_SCALE,
+        gt=0.0,
+        le=1.0,
         description="smallest train resize, share of the resolution (the rest of the canvas is padding)",
     )
     max_pixels: int | None = Field(default=None, ge=1, description="decode budget; None = decode.default_max_pixels")
@@ -74,8 +76,9 @@ class CocoQueryDataset(torch.utils.data.Dataset):
     share them instead of copying pages touched by reference counting.
     """
 
-    def __init__(self, coco_json: str | Path, images_root: str | Path, settings: LoaderSettings | None = None,
-                 *, train: bool) -> None:
+    def __init__(
+        self, coco_json: str | Path, images_root: str | Path, settings: LoaderSettings | None = None, *, train: bool
+    ) -> None:
         self.settings = settings or LoaderSettings()
         self.train = train
         coco = read_coco(coco_json)
@@ -97,7 +100,8 @@ class CocoQueryDataset(torch.utils.data.Dataset):
         self.boxes = np.clip(xyxy, 0.0, 1.0).astype(np.float32)  # [A, 4] xyxy normalised to the image
         self.labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
         self.transforms = build_transforms(
-            self.settings.resolution, train,
+            self.settings.resolution,
+            train,
             hflip_prob=self.settings.hflip_prob if train else 0.0,
             box_jitter=self.settings.box_jitter if train else 0.0,
             min_scale=self.settings.train_min_scale,

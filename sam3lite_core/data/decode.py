@@ -61,8 +61,10 @@ def over_budget(width: int, height: int, max_pixels: int) -> str:
     """Why an image of width x height is refused under `max_pixels`, and what to do; "" when it fits."""
     if width * height <= max_pixels:
         return ""
-    return (f"{width} x {height} = {width * height / 1e6:.1f} MP is over the decode budget of "
-            f"{max_pixels / 1e6:.1f} MP; downscale the image or raise the budget (--max-pixels, {MAX_PIXELS_ENV})")
+    return (
+        f"{width} x {height} = {width * height / 1e6:.1f} MP is over the decode budget of "
+        f"{max_pixels / 1e6:.1f} MP; downscale the image or raise the budget (--max-pixels, {MAX_PIXELS_ENV})"
+    )
 
 
 def _open(source: str | os.PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
@@ -108,7 +110,10 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def decode_rgb(
-    source: str | os.PathLike | bytes, *, max_pixels: int | None = None, min_side: int | None = None,
+    source: str | os.PathLike | bytes,
+    *,
+    max_pixels: int | None = None,
+    min_side: int | None = None,
     name: str | None = None,
 ) -> np.ndarray:
     """A path or encoded bytes -> uint8 [H, W, 3] RGB, upright. `max_pixels` (default `default_max_pixels()`)
@@ -127,4 +132,3 @@ def decode_rgb(
     except Exception as exc:  # noqa: BLE001  (see _open)
         raise ImageDecodeError(f"{name}: the image cannot be decoded ({exc}); is the file complete?") from None
     return pixels if turn is None else np.array(Image.fromarray(pixels).transpose(turn))
-

@@ -132,4 +132,3 @@ def inspect_image(data: bytes) -> tuple[int, int, str]:
     if width <= 0 or height <= 0:
         return width, height, "image has no pixels"
     return width, height, ""
-

@@ -146,8 +146,12 @@ def find_layout(root: str | Path) -> DatasetLayout:
     """Recognise the dataset at `root` (following a linked dataset to its tree). Raises DatasetError."""
     given = Path(root).expanduser()
     if given.is_file():
-        raise fatal(str(given), "root_is_file", "this is a file, not a dataset folder",
-                    "give the folder that holds the dataset (train/, val/, the labelmap)")
+        raise fatal(
+            str(given),
+            "root_is_file",
+            "this is a file, not a dataset folder",
+            "give the folder that holds the dataset (train/, val/, the labelmap)",
+        )
     if not given.is_dir():
         raise fatal(str(given), "root_missing", "the dataset folder does not exist", "check the path")
     given = given.resolve()

@@ -69,8 +69,9 @@ def image_weights(
         raw = [sum(f[c] for c in set(cats)) for cats in image_categories]
         annotated = [w for w, cats in zip(raw, image_categories) if cats]
         background = settings.background_weight * (sum(annotated) / len(annotated) if annotated else 1.0)
-        weights = torch.tensor([max(w, _EPS) if cats else background for w, cats in zip(raw, image_categories)],
-                               dtype=torch.float64)
+        weights = torch.tensor(
+            [max(w, _EPS) if cats else background for w, cats in zip(raw, image_categories)], dtype=torch.float64
+        )
         if settings.strategy == "clipped_inv" and settings.clip > 1 and n:
             weights = weights.clamp(min=float(weights.max()) / settings.clip)
         weights = weights / weights.sum()

@@ -39,15 +39,19 @@ class ScanSettings(BaseModel):
         default="background", description="an image without a label file: a background image, or skipped"
     )
     clip_tolerance: float = Field(
-        default=DEFAULT_CLIP_TOLERANCE, ge=0.0, le=0.5,
+        default=DEFAULT_CLIP_TOLERANCE,
+        ge=0.0,
+        le=0.5,
         description="boxes up to this far outside the image (normalised) are clipped; further out, dropped",
     )
     max_pixels: int = Field(
-        default_factory=default_max_pixels, ge=1,
+        default_factory=default_max_pixels,
+        ge=1,
         description="decode budget: images declaring more pixels are skipped (default SAM3LITE_MAX_PIXELS or 100 MP)",
     )
     max_boxes_per_image: int = Field(
-        default=DEFAULT_MAX_BOXES_PER_IMAGE, ge=1,
+        default=DEFAULT_MAX_BOXES_PER_IMAGE,
+        ge=1,
         description="boxes kept per image; the rows beyond are dropped with a problem naming the file",
     )
 
@@ -75,8 +79,14 @@ _CLASS_HINT = "name every class once, one per line (line 1 = class 0)"
 
 def _problems(file: str, issues: list[Issue], hint: str | None = None) -> list[Problem]:
     return [
-        Problem(file=file, line=i.line, code=i.code, reason=i.reason, action=i.action,
-                hint=hint if i.action == "fatal" else None)
+        Problem(
+            file=file,
+            line=i.line,
+            code=i.code,
+            reason=i.reason,
+            action=i.action,
+            hint=hint if i.action == "fatal" else None,
+        )
         for i in issues
     ]
 
@@ -91,8 +101,9 @@ class _Scanner:
         self.qwen: dict[str, dict[str, QwenEntry]] = {}  # split name -> image name -> entry
         self.annotations = {s.name: e.rel for s, e in zip(self.layout.splits, inputs.annotation_files)}
         # file_name = image rel minus this prefix (the split base relative to the root, "" for the root itself)
-        self.prefix = {s.name: len(self.layout.rel(s.base)) + 1 if s.base != self.layout.root else 0
-                       for s in self.layout.splits}
+        self.prefix = {
+            s.name: len(self.layout.rel(s.base)) + 1 if s.base != self.layout.root else 0 for s in self.layout.splits
+        }
 
     def classes(self) -> list[str]:
         entry = self.inputs.classes_file
@@ -103,8 +114,16 @@ class _Scanner:
             return names
         names = read_qwen_classes(Path(entry.path)) if entry is not None else None
         if names is None:  # no metadata.json classes: every label used, sorted (stable as images are added)
-            names = sorted({str(d.get("label", "")).strip() for entries in self.qwen.values()
-                            for e in entries.values() for d in e.detections if isinstance(d, dict)} - {""})
+            names = sorted(
+                {
+                    str(d.get("label", "")).strip()
+                    for entries in self.qwen.values()
+                    for e in entries.values()
+                    for d in e.detections
+                    if isinstance(d, dict)
+                }
+                - {""}
+            )
         file = entry.rel if entry is not None else self.annotations["train"]
         self.problems += _problems(file, check_class_names(names), 'list each class once in metadata.json "classes"')
         return names
@@ -179,8 +198,10 @@ class _Scanner:
         extra = len(parsed.boxes) - cap
         if extra <= 0:
             return
-        reason = (f"{len(parsed.boxes)} boxes on one image, over max_boxes_per_image={cap}; is it the right label "
-                  f"file? the first {cap} are kept")
+        reason = (
+            f"{len(parsed.boxes)} boxes on one image, over max_boxes_per_image={cap}; is it the right label "
+            f"file? the first {cap} are kept"
+        )
         self.note(source, "too_many_boxes", reason, "box dropped")
         del parsed.boxes[cap:]
         parsed.dropped += extra
@@ -226,16 +247,25 @@ class _Scanner:
 
     def final_checks(self) -> None:
         if self.counts.images == 0:
-            self.problems.append(Problem(
-                file="", code="no_valid_images", action="fatal",
-                reason=f"no usable image left ({self.counts.images_found} found, {self.counts.skipped} skipped)",
-                hint="fix the problems above; images go in train/images (YOLO) or train/ (Qwen)",
-            ))
+            self.problems.append(
+                Problem(
+                    file="",
+                    code="no_valid_images",
+                    action="fatal",
+                    reason=f"no usable image left ({self.counts.images_found} found, {self.counts.skipped} skipped)",
+                    hint="fix the problems above; images go in train/images (YOLO) or train/ (Qwen)",
+                )
+            )
         elif self.counts.boxes == 0:
-            self.problems.append(Problem(
-                file="", code="no_boxes", action="fatal", reason="no valid box in the whole dataset",
-                hint="check that the label files match the images and the labelmap",
-            ))
+            self.problems.append(
+                Problem(
+                    file="",
+                    code="no_boxes",
+                    action="fatal",
+                    reason="no valid box in the whole dataset",
+                    hint="check that the label files match the images and the labelmap",
+                )
+            )
 
 
 def scan_inputs(inputs: InputFiles, facts: FactsCache, settings: ScanSettings, signature: str) -> Scan:
@@ -245,9 +275,14 @@ def scan_inputs(inputs: InputFiles, facts: FactsCache, settings: ScanSettings, s
     scanner = _Scanner(inputs, facts, settings)
     names, records = scanner.run()
     report = ScanReport(
-        root=str(layout.given_root), dataset_id=layout.dataset_id, format=layout.format,
-        arrangement=layout.arrangement, classes=names, signature=signature,
-        counts=scanner.counts, problems=scanner.problems,
+        root=str(layout.given_root),
+        dataset_id=layout.dataset_id,
+        format=layout.format,
+        arrangement=layout.arrangement,
+        classes=names,
+        signature=signature,
+        counts=scanner.counts,
+        problems=scanner.problems,
     )
     return Scan(report, records)
 

@@ -52,8 +52,10 @@ def _outline(cls: int, x: float, y: float, s: float) -> list[tuple[float, float]
     if cls == 3:
         r, cx, cy = s / 2, x + s / 2, y + s / 2
         return [
-            (cx + (r if k % 2 == 0 else 0.45 * r) * math.sin(k * math.pi / 5),
-             cy - (r if k % 2 == 0 else 0.45 * r) * math.cos(k * math.pi / 5))
+            (
+                cx + (r if k % 2 == 0 else 0.45 * r) * math.sin(k * math.pi / 5),
+                cy - (r if k % 2 == 0 else 0.45 * r) * math.cos(k * math.pi / 5),
+            )
             for k in range(10)
         ]
     return [(x, y), (x + s, y + s)]
@@ -123,6 +125,10 @@ def write_synth(out_dir: str | Path, images: int = 200, seed: int = 0) -> SynthS
         counts["boxes"] += len(boxes)
         counts["backgrounds"] += not boxes
     return SynthSummary(
-        root=str(root), classes=list(CLASSES), train_images=counts["train"], val_images=counts["val"],
-        boxes=counts["boxes"], backgrounds=counts["backgrounds"],
+        root=str(root),
+        classes=list(CLASSES),
+        train_images=counts["train"],
+        val_images=counts["val"],
+        boxes=counts["boxes"],
+        backgrounds=counts["backgrounds"],
     )

@@ -69,7 +69,10 @@ class BoxJitter(v2.Transform):
 
 
 def build_transforms(
-    resolution: int, train: bool, hflip_prob: float = 0.0, box_jitter: float = 0.0,
+    resolution: int,
+    train: bool,
+    hflip_prob: float = 0.0,
+    box_jitter: float = 0.0,
     min_scale: float = VENDOR_MIN_SCALE,
 ) -> v2.Compose:
     """The train or validation pipeline for square canvases of `resolution` px."""
@@ -82,9 +85,7 @@ def build_transforms(
     ]
     if not train:
         return v2.Compose([v2.Resize((resolution, resolution)), *finish])
-    steps: list[v2.Transform] = [
-        v2.RandomChoice([v2.Resize((s, s)) for s in train_sizes(resolution, min_scale)])
-    ]
+    steps: list[v2.Transform] = [v2.RandomChoice([v2.Resize((s, s)) for s in train_sizes(resolution, min_scale)])]
     if hflip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
     if box_jitter > 0:

@@ -73,8 +73,11 @@ def evaluate(
         raise ValueError(f"{coco_json}: the split has no images to evaluate on")
     rank, world = rank_and_world()
     loader = DataLoader(
-        Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size, collate_fn=collate,
-        num_workers=num_workers, pin_memory=next(model.parameters()).device.type == "cuda",
+        Subset(dataset, range(rank, len(dataset), world)),
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=next(model.parameters()).device.type == "cuda",
     )
     detections = _detect(model, loader, amp, score_thresh, max_dets, on_progress)
     merged = merge_detections(all_gather_objects(detections), max_dets)
@@ -82,7 +85,11 @@ def evaluate(
 
 
 def _detect(
-    model: nn.Module, loader: DataLoader, amp: str, score_thresh: float, max_dets: int,
+    model: nn.Module,
+    loader: DataLoader,
+    amp: str,
+    score_thresh: float,
+    max_dets: int,
     on_progress: ProgressFn | None,
 ) -> list[dict[str, Any]]:
     """COCO detections of this rank's images (the best `max_dets` per image, scored >= score_thresh), the model

@@ -81,7 +81,8 @@ class ModelConfig:
         if v.image_size % v.patch_size:
             raise ValueError(
                 f"model resolution {v.image_size} is not a multiple of the patch size {v.patch_size}; "
-                f"use e.g. {v.image_size // v.patch_size * v.patch_size} or {(v.image_size // v.patch_size + 1) * v.patch_size}"
+                f"use e.g. {v.image_size // v.patch_size * v.patch_size} or "
+                f"{(v.image_size // v.patch_size + 1) * v.patch_size}"
             )
         if any(not 0 <= b < v.depth for b in v.global_blocks):
             raise ValueError(f"global_blocks {v.global_blocks} must lie in [0, {v.depth})")
@@ -113,26 +114,56 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(
         name="small",
         vision=VisionConfig(
-            image_size=336, width=192, depth=6, heads=4, mlp_ratio=4.0, window_size=12,
-            global_blocks=(2, 5), pretrain_image_size=168, drop_path=0.0,
+            image_size=336,
+            width=192,
+            depth=6,
+            heads=4,
+            mlp_ratio=4.0,
+            window_size=12,
+            global_blocks=(2, 5),
+            pretrain_image_size=168,
+            drop_path=0.0,
         ),
         text=TextConfig(width=128, layers=2, heads=4, mlp_width=512, projection_dim=64),
         transformer=TransformerConfig(
-            d_model=128, heads=4, ffn_dim=512, dropout=0.0, geometry_layers=1, encoder_layers=2,
-            decoder_layers=3, num_queries=50, num_o2m_queries=50, scoring_mlp_dim=512,
+            d_model=128,
+            heads=4,
+            ffn_dim=512,
+            dropout=0.0,
+            geometry_layers=1,
+            encoder_layers=2,
+            decoder_layers=3,
+            num_queries=50,
+            num_o2m_queries=50,
+            scoring_mlp_dim=512,
         ),
     ),
     # Smallest thing that exercises every code path: unit tests.
     "tiny": ModelConfig(
         name="tiny",
         vision=VisionConfig(
-            image_size=112, width=64, depth=2, heads=2, mlp_ratio=2.0, window_size=4,
-            global_blocks=(1,), pretrain_image_size=56, drop_path=0.0,
+            image_size=112,
+            width=64,
+            depth=2,
+            heads=2,
+            mlp_ratio=2.0,
+            window_size=4,
+            global_blocks=(1,),
+            pretrain_image_size=56,
+            drop_path=0.0,
         ),
         text=TextConfig(width=32, layers=1, heads=2, mlp_width=64, projection_dim=16),
         transformer=TransformerConfig(
-            d_model=32, heads=2, ffn_dim=64, dropout=0.0, geometry_layers=1, encoder_layers=1,
-            decoder_layers=2, num_queries=10, num_o2m_queries=10, scoring_mlp_dim=64,
+            d_model=32,
+            heads=2,
+            ffn_dim=64,
+            dropout=0.0,
+            geometry_layers=1,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_queries=10,
+            num_o2m_queries=10,
+            scoring_mlp_dim=64,
         ),
     ),
 }

@@ -152,8 +152,19 @@ class BoxDecoder(nn.Module):
         all_hs, all_boxes, all_presence = [], [], []
         for layer in self.layers:
             query_pos = self.ref_point_head(self._anchor_embedding(anchors))
-            args = (layer, anchors, feat_size, tgt, query_pos, presence, memory, memory_pos, prompt, prompt_mask,
-                    num_independent)
+            args = (
+                layer,
+                anchors,
+                feat_size,
+                tgt,
+                query_pos,
+                presence,
+                memory,
+                memory_pos,
+                prompt,
+                prompt_mask,
+                num_independent,
+            )
             if self.activation_checkpointing and self.training:
                 tgt, presence = checkpoint(self._layer_with_rpb, *args, use_reentrant=False)
             else:

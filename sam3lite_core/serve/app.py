@@ -60,13 +60,22 @@ NO_MODEL_LOADED = "no model is active: activate one with POST /sam3/models/activ
 
 
 def create_app(
-    runs_root: str | os.PathLike, *, base_checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-    precision: str = "fp32", token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    runs_root: str | os.PathLike,
+    *,
+    base_checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The app over `runs_root` (activatable checkpoints and the pointer file). `token` (default: env
     SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation."""
-    state = ModelState(Path(runs_root), base_checkpoint=Path(base_checkpoint) if base_checkpoint else None,
-                       device=device, precision=precision)
+    state = ModelState(
+        Path(runs_root),
+        base_checkpoint=Path(base_checkpoint) if base_checkpoint else None,
+        device=device,
+        precision=precision,
+    )
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     images = ImageCache(max_upload_bytes=max_upload_bytes)
     app = FastAPI(title="sam3lite", description="box-only SAM3 inference, backend-compatible")
@@ -102,8 +111,9 @@ def _model_routes(state: ModelState, token: str | None) -> APIRouter:
     @router.post("/sam3/models/activate", response_model=ActivateResponse)
     def activate(body: ActivateRequest, authorization: str | None = Header(default=None)) -> ActivateResponse:
         if token is not None and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
-            raise ServiceError("activation needs the header 'Authorization: Bearer <SAM3LITE_SERVE_TOKEN>'", 401,
-                               code="unauthorized")
+            raise ServiceError(
+                "activation needs the header 'Authorization: Bearer <SAM3LITE_SERVE_TOKEN>'", 401, code="unauthorized"
+            )
         return ActivateResponse(active=state.activate(body.checkpoint_path, body.label, body.enable_segmentation))
 
     return router
@@ -133,7 +143,10 @@ def _prompt_routes(state: ModelState, images: ImageCache) -> APIRouter:
 
 
 def answer(
-    state: ModelState, images: ImageCache, body: ImageRequest, prompts: list[PromptLike],
+    state: ModelState,
+    images: ImageCache,
+    body: ImageRequest,
+    prompts: list[PromptLike],
     seeds: torch.Tensor | None = None,
 ) -> list[PromptResponse]:
     """One PromptResponse per prompt: score >= threshold, boxes of at least min_size px^2, no detection that
@@ -163,8 +176,13 @@ def _response(
         found = [d for d, iou in zip(found, overlap.tolist()) if iou <= SEED_IOU]
     found = found[: body.max_results]
     detections = [
-        Detection(bbox=[float(np.clip(v, 0.0, 1.0)) for v in d.box_cxcywh], score=d.score, qwen_label=d.prompt,
-                  source=SOURCE, simplify_epsilon=body.simplify_epsilon)
+        Detection(
+            bbox=[float(np.clip(v, 0.0, 1.0)) for v in d.box_cxcywh],
+            score=d.score,
+            qwen_label=d.prompt,
+            source=SOURCE,
+            simplify_epsilon=body.simplify_epsilon,
+        )
         for d in found
     ]
     warnings = [] if detections else ["no_results"]

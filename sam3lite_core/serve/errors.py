@@ -31,5 +31,6 @@ def check_variant(variant: str | None) -> None:
         return
     raise ServiceError(
         f"sam_variant {variant!r} is not served here: this service runs box-only SAM3 only; send sam_variant "
-        f"'sam3' (or leave it out)", code=f"sam_variant_unavailable:{variant}",
+        f"'sam3' (or leave it out)",
+        code=f"sam_variant_unavailable:{variant}",
     )

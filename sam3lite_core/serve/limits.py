@@ -62,6 +62,11 @@ class BodyLimit:
     async def _refuse(self, send: Send) -> None:
         text = _too_large(self.limit)
         body = json.dumps({"detail": text, "message": text}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -33,8 +33,7 @@ def run_checkpoint(run: Path) -> Path | None:
         path = folder / name
         if not path.is_symlink() and path.is_file():
             return path
-    candidates = [p for p in folder.iterdir()
-                  if p.suffix in CHECKPOINT_SUFFIXES and not p.is_symlink() and p.is_file()]
+    candidates = [p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and not p.is_symlink() and p.is_file()]
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
 
 
@@ -62,16 +61,25 @@ def run_entries(runs_root: Path, active: ActiveModel) -> list[ModelEntry]:
         if path is None:
             continue
         promoted, promoted_at = promotion(run)
-        entries.append(ModelEntry(
-            id=run.name, path=str(path), size_bytes=path.stat().st_size, promoted=promoted,
-            promoted_at=promoted_at, active=active.source == "custom" and active.checkpoint == str(path),
-            run_path=str(run),
-        ))
+        entries.append(
+            ModelEntry(
+                id=run.name,
+                path=str(path),
+                size_bytes=path.stat().st_size,
+                promoted=promoted,
+                promoted_at=promoted_at,
+                active=active.source == "custom" and active.checkpoint == str(path),
+                run_path=str(run),
+            )
+        )
     return entries
 
 
 def model_entries(
-    active: ActiveModel, base_checkpoint: Path | None, runs_root: Path, variant: str = "sam3",
+    active: ActiveModel,
+    base_checkpoint: Path | None,
+    runs_root: Path,
+    variant: str = "sam3",
     promoted_only: bool = False,
 ) -> list[ModelEntry]:
     """The backend's model listing. `variant` "all" or "sam3" lists every row, any other none (this service
@@ -79,10 +87,26 @@ def model_entries(
     is active whenever no custom checkpoint is, as the backend reports it."""
     if variant != ALL_VARIANTS and variant not in VARIANTS:
         return []
-    entries = [ModelEntry(id="Base SAM3", key="base", path=str(base_checkpoint) if base_checkpoint else None,
-                          active=active.source != "custom", source="env", enable_segmentation=False)]
+    entries = [
+        ModelEntry(
+            id="Base SAM3",
+            key="base",
+            path=str(base_checkpoint) if base_checkpoint else None,
+            active=active.source != "custom",
+            source="env",
+            enable_segmentation=False,
+        )
+    ]
     if active.source == "custom":
-        entries.append(ModelEntry(id=active.id, key=f"active:{active.checkpoint}", path=active.checkpoint,
-                                  active=True, source="custom", enable_segmentation=active.enable_segmentation))
+        entries.append(
+            ModelEntry(
+                id=active.id,
+                key=f"active:{active.checkpoint}",
+                path=active.checkpoint,
+                active=True,
+                source="custom",
+                enable_segmentation=active.enable_segmentation,
+            )
+        )
     runs = run_entries(runs_root, active)
     return entries + [entry for entry in runs if entry.promoted or not promoted_only]

@@ -79,8 +79,9 @@ class ImageRequest(BaseModel):
     @model_validator(mode="after")
     def _one_image(self) -> "ImageRequest":
         if not self.image_base64 and not self.image_token:
-            raise ValueError("image_payload_missing: send the image as image_base64, or the image_token of an "
-                             "image sent before")
+            raise ValueError(
+                "image_payload_missing: send the image as image_base64, or the image_token of an image sent before"
+            )
         return self
 
 
@@ -123,8 +124,7 @@ def _exemplar(entry: Any) -> list[float] | None:
     """[x, y, w, h] px of one `bboxes` entry (a list or a {left|x, top|y, width|w, height|h} mapping); None
     when it is not a box or has no area (the backend drops such entries)."""
     if isinstance(entry, Mapping):
-        entry = [entry.get(a, entry.get(b)) for a, b in (("left", "x"), ("top", "y"), ("width", "w"),
-                                                           ("height", "h"))]
+        entry = [entry.get(a, entry.get(b)) for a, b in (("left", "x"), ("top", "y"), ("width", "w"), ("height", "h"))]
     if not isinstance(entry, (list, tuple)) or len(entry) < 4:
         return None
     try:
@@ -164,12 +164,18 @@ class VisualPromptRequest(ImageRequest):
             labels = [_positive(flag) for flag in self.bbox_labels or []]
             self.bboxes, self.bbox_labels = boxes, (labels + [True] * len(boxes))[: len(boxes)]
             return self
-        single = {"bbox_left": self.bbox_left, "bbox_top": self.bbox_top, "bbox_width": self.bbox_width,
-                  "bbox_height": self.bbox_height}
+        single = {
+            "bbox_left": self.bbox_left,
+            "bbox_top": self.bbox_top,
+            "bbox_width": self.bbox_width,
+            "bbox_height": self.bbox_height,
+        }
         missing = [name for name, value in single.items() if value is None]
         if missing:
-            raise ValueError(f"invalid_{missing[0]}: a visual prompt needs an exemplar: a bboxes list of "
-                             "[x, y, w, h] px with w, h > 0, or all four of bbox_left/top/width/height")
+            raise ValueError(
+                f"invalid_{missing[0]}: a visual prompt needs an exemplar: a bboxes list of "
+                "[x, y, w, h] px with w, h > 0, or all four of bbox_left/top/width/height"
+            )
         if self.bbox_width <= 0 or self.bbox_height <= 0:  # type: ignore[operator]
             raise ValueError("invalid_bbox_dims: bbox_width and bbox_height must be > 0 pixels")
         self.bboxes, self.bbox_labels = [[self.bbox_left, self.bbox_top, self.bbox_width, self.bbox_height]], [True]

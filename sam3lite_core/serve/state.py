@@ -81,8 +81,13 @@ class ModelState:
     """The active model of one service process; thread-safe."""
 
     def __init__(
-        self, runs_root: Path, *, base_checkpoint: Path | None = None, pointer: Path | None = None,
-        device: str = "cpu", precision: str = "fp32",
+        self,
+        runs_root: Path,
+        *,
+        base_checkpoint: Path | None = None,
+        pointer: Path | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.runs_root = runs_root.resolve()
         self.base_checkpoint = base_checkpoint
@@ -147,8 +152,12 @@ class ModelState:
                 write_pointer(self.pointer, fallback)
                 self._stamp = self._stat()
         self._release_replaced()
-        log.warning("the active checkpoint %s is missing or outside the runs root %s: back to %s",
-                    active.checkpoint, self.runs_root, fallback.label)
+        log.warning(
+            "the active checkpoint %s is missing or outside the runs root %s: back to %s",
+            active.checkpoint,
+            self.runs_root,
+            fallback.label,
+        )
 
     def _within_runs_root(self, checkpoint: str | None) -> bool:
         try:
@@ -185,8 +194,11 @@ class ModelState:
         if linked or (exists and not regular):
             raise invalid
         if not exists:
-            raise ActivationError(f"{checkpoint_path} does not exist inside the runs root {self.runs_root}",
-                                  status=404, code="sam3_checkpoint_not_found")
+            raise ActivationError(
+                f"{checkpoint_path} does not exist inside the runs root {self.runs_root}",
+                status=404,
+                code="sam3_checkpoint_not_found",
+            )
         return path
 
     def refresh(self) -> None:
@@ -241,11 +253,11 @@ class ModelState:
         except FileNotFoundError as exc:
             raise ActivationError(str(exc), status=404, code="sam3_checkpoint_not_found") from exc
         except ValueError as exc:
-            raise ActivationError(f"checkpoint {path} cannot be served: {exc}",
-                                  code="sam3_checkpoint_invalid") from exc
+            raise ActivationError(f"checkpoint {path} cannot be served: {exc}", code="sam3_checkpoint_invalid") from exc
 
     def _base_description(self, label: str | None = None) -> ActiveModel:
         if self.base_checkpoint is None:
             return NO_MODEL
-        return ActiveModel(id=label or "Base SAM3", label=label or "Base SAM3", checkpoint=str(self.base_checkpoint),
-                           source="env")
+        return ActiveModel(
+            id=label or "Base SAM3", label=label or "Base SAM3", checkpoint=str(self.base_checkpoint), source="env"
+        )

@@ -31,9 +31,14 @@ from sam3lite_core.serve.state import ModelState
 
 SLOTS = ("current", "next", "previous")  # the backend's preload slots
 RUNTIME = {
-    "id": "torch", "label": "PyTorch (sam3lite, box-only)", "available": True, "installed": True, "reason": None,
+    "id": "torch",
+    "label": "PyTorch (sam3lite, box-only)",
+    "available": True,
+    "installed": True,
+    "reason": None,
     "guidance": "sam3lite runs SAM3 with PyTorch on this service's device; boxes only, no masks.",
-    "setup_command": "pip install 'sam3lite[serve]'", "benchmark": {},
+    "setup_command": "pip install 'sam3lite[serve]'",
+    "benchmark": {},
 }
 
 
@@ -67,13 +72,28 @@ class SlotBoard:
 
     @staticmethod
     def _empty(name: str) -> dict[str, Any]:
-        return {"slot": name, "image_name": None, "token": None, "variant": None, "width": None, "height": None,
-                "busy": False, "last_loaded": 0.0, "enabled": True}
+        return {
+            "slot": name,
+            "image_name": None,
+            "token": None,
+            "variant": None,
+            "width": None,
+            "height": None,
+            "busy": False,
+            "last_loaded": 0.0,
+            "enabled": True,
+        }
 
     def hold(self, slot: str, image_name: str | None, token: str, width: int, height: int) -> None:
         with self._lock:
-            self._slots[slot] = self._empty(slot) | {"image_name": image_name, "token": token, "variant": "sam3",
-                                                     "width": width, "height": height, "last_loaded": time.time()}
+            self._slots[slot] = self._empty(slot) | {
+                "image_name": image_name,
+                "token": token,
+                "variant": "sam3",
+                "width": width,
+                "height": height,
+                "last_loaded": time.time(),
+            }
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -83,9 +103,18 @@ class SlotBoard:
 def gpu_payload() -> dict[str, Any]:
     """The CUDA devices this process sees (none: `available` false and an empty list)."""
     available = torch.cuda.is_available()
-    devices = [{"index": i, "name": torch.cuda.get_device_name(i),
-                "total_mb": round(torch.cuda.get_device_properties(i).total_memory / 2**20)}
-               for i in range(torch.cuda.device_count())] if available else []
+    devices = (
+        [
+            {
+                "index": i,
+                "name": torch.cuda.get_device_name(i),
+                "total_mb": round(torch.cuda.get_device_properties(i).total_memory / 2**20),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+        if available
+        else []
+    )
     return {"available": available, "device_count": len(devices), "devices": devices}
 
 
@@ -95,8 +124,12 @@ def storage_payload(state: ModelState) -> dict[str, Any]:
     exists = root.is_dir()
     writable = exists and os.access(root, os.W_OK | os.X_OK)
     free = shutil.disk_usage(root).free if exists else None
-    return {"ok": bool(writable), "roots": [{"name": "sam3_runs", "path": str(root), "exists": exists,
-                                             "writable": bool(writable), "free_bytes": free}]}
+    return {
+        "ok": bool(writable),
+        "roots": [
+            {"name": "sam3_runs", "path": str(root), "exists": exists, "writable": bool(writable), "free_bytes": free}
+        ],
+    }
 
 
 def health_summary(state: ModelState) -> dict[str, Any]:
@@ -105,10 +138,19 @@ def health_summary(state: ModelState) -> dict[str, Any]:
     storage = storage_payload(state)
     errors = [] if storage["ok"] else ["storage_not_writable"]
     return {
-        "ok": not errors, "gpu": gpu_payload(), "storage": storage, "datasets": {"count": 0},
-        "models": {"qwen": {"loaded": False}, "sam3_runs": len(run_entries(state.runs_root, serving.active)),
-                   "qwen_models": 0, "clip_classifiers": 0, "yolo_variants": 0, "rfdetr_variants": 0,
-                   "sam3": {"loaded": serving.predictor is not None, "active": serving.active.model_dump()}},
+        "ok": not errors,
+        "gpu": gpu_payload(),
+        "storage": storage,
+        "datasets": {"count": 0},
+        "models": {
+            "qwen": {"loaded": False},
+            "sam3_runs": len(run_entries(state.runs_root, serving.active)),
+            "qwen_models": 0,
+            "clip_classifiers": 0,
+            "yolo_variants": 0,
+            "rfdetr_variants": 0,
+            "sam3": {"loaded": serving.predictor is not None, "active": serving.active.model_dump()},
+        },
         "errors": errors,
     }
 
@@ -125,14 +167,22 @@ def system_routes(state: ModelState, images: ImageCache) -> APIRouter:
     def sam_preload(body: PreloadRequest) -> dict[str, Any]:
         slot = body.slot or "current"
         if slot not in SLOTS:
-            raise ServiceError(f"slot {slot!r} does not exist; use one of {', '.join(SLOTS)}", 409,
-                               code=f"slot_invalid:{slot}")
+            raise ServiceError(
+                f"slot {slot!r} does not exist; use one of {', '.join(SLOTS)}", 409, code=f"slot_invalid:{slot}"
+            )
         check_variant(body.sam_variant)
         pixels, token = images.resolve(body.image_base64, body.image_token)
         height, width = pixels.shape[:2]
         slots.hold(slot, body.image_name, token, width, height)
-        return {"status": "ready", "width": width, "height": height, "token": token, "backend": "torch",
-                "device": state.device, "image_cache_hit": not body.image_base64}
+        return {
+            "status": "ready",
+            "width": width,
+            "height": height,
+            "token": token,
+            "backend": "torch",
+            "device": state.device,
+            "image_cache_hit": not body.image_base64,
+        }
 
     @router.get("/sam3_runtime_options")
     def sam3_runtime_options() -> dict[str, Any]:

@@ -30,12 +30,13 @@ def coverage_warnings(height: int, width: int, windows: torch.Tensor) -> list[st
     """What the windows long [T, 4] (x0, y0, x1, y1 px) cover of a height x width image."""
     covered = np.zeros((height, width), dtype=bool)
     for x0, y0, x1, y1 in windows.tolist():
-        covered[max(0, y0):y1, max(0, x0):x1] = True
+        covered[max(0, y0) : y1, max(0, x0) : x1] = True
     x0, y0 = windows[:, 0].min().item(), windows[:, 1].min().item()
     x1, y1 = windows[:, 2].max().item(), windows[:, 3].max().item()
     uncovered = int(covered.size - covered.sum())
     warnings = [
-        f"windowed_image_size:{width}x{height}", f"windowed_coverage_bounds:{x0},{y0},{x1},{y1}",
+        f"windowed_image_size:{width}x{height}",
+        f"windowed_coverage_bounds:{x0},{y0},{x1},{y1}",
         f"windowed_coverage_fraction:{covered.mean() if covered.size else 1.0:.4f}",
         f"windowed_uncovered_pixels:{uncovered}",
     ]
@@ -52,15 +53,23 @@ def answer_windowed(
     assert asked is not None, "answer_windowed is only called for windowed requests"
     tile = fit_windows(height, width, asked)
     per_window, final = window_limit_pair(body.max_results)
-    answers = predictor.predict_windowed(pixels, texts, tile, threshold=body.threshold, per_window=per_window,
-                                         max_detections=final)
+    answers = predictor.predict_windowed(
+        pixels, texts, tile, threshold=body.threshold, per_window=per_window, max_detections=final
+    )
     requested = body.window_size or UI_WINDOW_SIZE
     clamped = [f"windowed_window_size_clamped:{requested}->{tile.size}"] if tile.size != requested else []
     limits = [f"windowed_per_window_limit:{per_window}", f"windowed_final_limit:{final}"] if final else []
     return [
-        (found, coverage_warnings(height, width, found.windows) + clamped + [
-            f"windowed_tiles:{len(found.windows)}", *limits, f"windowed_raw_detections:{found.raw}",
-            f"windowed_fused_detections:{found.fused}",
-        ])
+        (
+            found,
+            coverage_warnings(height, width, found.windows)
+            + clamped
+            + [
+                f"windowed_tiles:{len(found.windows)}",
+                *limits,
+                f"windowed_raw_detections:{found.raw}",
+                f"windowed_fused_detections:{found.fused}",
+            ],
+        )
         for found in answers
     ]

@@ -152,12 +152,22 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
     optimizer = build_optimizer(model, optim_settings(cfg))
     total = cfg.max_epochs * train_data.steps_per_epoch
     return Components(
-        cfg=cfg, info=info, data_result=data_result, model=model, ddp=wrap_ddp(model, info),
-        criterion=SetCriterion(loss_settings(cfg)), denoising=denoising_settings(cfg), optimizer=optimizer,
+        cfg=cfg,
+        info=info,
+        data_result=data_result,
+        model=model,
+        ddp=wrap_ddp(model, info),
+        criterion=SetCriterion(loss_settings(cfg)),
+        denoising=denoising_settings(cfg),
+        optimizer=optimizer,
         schedule=InverseSqrtSchedule(optimizer, total, schedule_settings(cfg)),
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp == "fp16"),
-        ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, miner=miner,
-        train_data=train_data, val=val, run=run,
+        ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None,
+        miner=miner,
+        train_data=train_data,
+        val=val,
+        run=run,
         checkpointer=Checkpointer(run.path / "checkpoints", info.is_main, cfg.checkpoint_every_steps),
-        emit=emit, amp=amp,
+        emit=emit,
+        amp=amp,
     )

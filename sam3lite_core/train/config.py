@@ -32,10 +32,22 @@ BOX_ONLY = (
 )
 _REFUSED = ("enable_segmentation", "enable_segmentation_head", "train_segmentation", "enable_inst_interactivity")
 # Fields that say where a run goes and how it is displayed, not what it trains: left out of resolved_hash().
-_NOT_HASHED = frozenset({
-    "dataset", "runs_root", "run_name", "resume", "cache_dir", "num_train_workers", "num_val_workers", "device",
-    "log_freq", "log_every_batch", "upstream_log_lines", "num_gpus",
-})
+_NOT_HASHED = frozenset(
+    {
+        "dataset",
+        "runs_root",
+        "run_name",
+        "resume",
+        "cache_dir",
+        "num_train_workers",
+        "num_val_workers",
+        "device",
+        "log_freq",
+        "log_every_batch",
+        "upstream_log_lines",
+        "num_gpus",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -65,7 +77,8 @@ class TrainConfig(BaseModel):
         default=1, ge=1, description="micro-batches per optimiser step (upstream splits one batch instead)"
     )
     num_train_workers: int = Field(
-        default=4, ge=0,
+        default=4,
+        ge=0,
         description="capped at the CPU count minus one; on a CPU, more than half the CPU count becomes a quarter",
     )
     num_val_workers: int = Field(default=2, ge=0)
@@ -103,7 +116,9 @@ class TrainConfig(BaseModel):
     scheduler_cooldown: int = Field(default=20, ge=0)
     o2m_weight: float = Field(default=2.0, ge=0.0, description="weight of the one-to-many loss")
     denoising_groups: int = Field(
-        default=0, ge=0, le=16,
+        default=0,
+        ge=0,
+        le=16,
         description="noised copies of every ground-truth box fed to the decoder as extra training queries "
         "(DN-DETR; ours); 0 = off",
     )
@@ -111,7 +126,8 @@ class TrainConfig(BaseModel):
         default=0.4, gt=0.0, le=1.0, description="each edge of a denoising box moves by up to this x half its side"
     )
     loss_pad_num_queries: int | None = Field(
-        default=200, ge=1,
+        default=200,
+        ge=1,
         description="classification loss averaged as if over at least this many box queries (upstream 200); "
         "None = over the preset's own num_queries, so a small preset's classification term is not diluted",
     )
@@ -157,7 +173,9 @@ class TrainConfig(BaseModel):
     hflip_prob: float = Field(default=0.0, ge=0.0, le=1.0)
     box_jitter: float = Field(default=0.0, ge=0.0, le=0.5)
     train_min_scale: float = Field(
-        default=480 / 1008, gt=0.0, le=1.0,  # transforms.VENDOR_MIN_SCALE (this module stays free of torch)
+        default=480 / 1008,
+        gt=0.0,
+        le=1.0,  # transforms.VENDOR_MIN_SCALE (this module stays free of torch)
         description="multi-scale training: each image is resized to a square of at least this share of the "
         "resolution and zero-padded to it (upstream 480/1008 = 0.476); 1 = always the full resolution (ours)",
     )

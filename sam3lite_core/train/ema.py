@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sam3lite_core.weights import load_checkpoint, state_dict_for_export
 from sam3lite_core.distributed import unwrap
+from sam3lite_core.weights import load_checkpoint, state_dict_for_export
 
 
 class ModelEMA:

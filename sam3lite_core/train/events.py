@@ -34,9 +34,18 @@ METRIC_TAG = "[sam3lite-metric]"
 RESULT_TAG = "[sam3lite-result]"
 # Our stat names -> the upstream meter suffixes the backend matches (coco_eval_bbox_<suffix>).
 UPSTREAM_STATS = {
-    "AP": "AP", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small", "APm": "AP_medium", "APl": "AP_large",
-    "AR1": "AR_maxDets@1", "AR10": "AR_maxDets@10", "AR100": "AR_maxDets@100", "ARs": "AR_small",
-    "ARm": "AR_medium", "ARl": "AR_large",
+    "AP": "AP",
+    "AP50": "AP_50",
+    "AP75": "AP_75",
+    "APs": "AP_small",
+    "APm": "AP_medium",
+    "APl": "AP_large",
+    "AR1": "AR_maxDets@1",
+    "AR10": "AR_maxDets@10",
+    "AR100": "AR_maxDets@100",
+    "ARs": "AR_small",
+    "ARm": "AR_medium",
+    "ARl": "AR_large",
 }
 
 
@@ -86,8 +95,10 @@ def _train_line(data: dict[str, Any]) -> str:
     """A non-finite loss leaves out the loss field (the backend's regex would drop the line); a non-finite
     mean leaves out the `(mean)` part. The step itself always prints, so progress still moves."""
     loss, mean = float(data["loss"]), float(data["loss_avg10"])
-    line = (f"Train Epoch: [{data['epoch'] - 1}][{data['batch']:>4}/{data['batches_per_epoch']}] | "
-            f"Batch Time: {data.get('step_time', 0.0):.2f} | LR: {data.get('lr', 0.0):.3e}")
+    line = (
+        f"Train Epoch: [{data['epoch'] - 1}][{data['batch']:>4}/{data['batches_per_epoch']}] | "
+        f"Batch Time: {data.get('step_time', 0.0):.2f} | LR: {data.get('lr', 0.0):.3e}"
+    )
     if math.isfinite(loss):
         line += f" | Losses/train_all_loss: {loss:.4f}" + (f" ({mean:.4f})" if math.isfinite(mean) else "")
     return line + _not_finite({"loss": loss, "loss_mean10": mean})

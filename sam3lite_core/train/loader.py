@@ -137,7 +137,10 @@ def loader_settings(cfg: TrainConfig) -> LoaderSettings:
     if not cfg.prompt_randomize:
         variants = {k: (v.split(",") if isinstance(v, str) else v)[:1] for k, v in variants.items()}
     return LoaderSettings(
-        resolution=cfg.image_size, prompt_variants=variants, hflip_prob=cfg.hflip_prob, box_jitter=cfg.box_jitter,
+        resolution=cfg.image_size,
+        prompt_variants=variants,
+        hflip_prob=cfg.hflip_prob,
+        box_jitter=cfg.box_jitter,
         train_min_scale=cfg.train_min_scale,
     )
 
@@ -151,8 +154,13 @@ def balance_settings(cfg: TrainConfig) -> BalanceSettings:
     elif cfg.balance_classes and strategy == "none":
         strategy = "inv_sqrt"
     return BalanceSettings(
-        strategy=strategy, power=cfg.balance_power, clip=cfg.balance_clip, beta=cfg.balance_beta,
-        gamma=cfg.balance_gamma, background_weight=cfg.background_weight, target_epoch_size=cfg.target_epoch_size,
+        strategy=strategy,
+        power=cfg.balance_power,
+        clip=cfg.balance_clip,
+        beta=cfg.balance_beta,
+        gamma=cfg.balance_gamma,
+        background_weight=cfg.background_weight,
+        target_epoch_size=cfg.target_epoch_size,
         seed=cfg.seed,
     )
 
@@ -187,8 +195,12 @@ def build_train_data(
             "processes; add images or lower train_batch_size"
         )
     base = BalancedSampler(
-        dataset.image_categories(), balance_settings(cfg), batch_size=batch,
-        category_ids=[c["id"] for c in dataset.categories], rank=info.rank, world_size=info.world_size,
+        dataset.image_categories(),
+        balance_settings(cfg),
+        batch_size=batch,
+        category_ids=[c["id"] for c in dataset.categories],
+        rank=info.rank,
+        world_size=info.world_size,
     )
     miner = HardExampleMiner(
         len(dataset), cfg.hard_example_fraction, cfg.hard_example_burn_in, enabled=cfg.hard_example_mining
@@ -196,9 +208,15 @@ def build_train_data(
     sampler = EpochSampler(base, miner)
     workers = worker_count(cfg.num_train_workers, info.device)
     loader = DataLoader(
-        SeededSamples(dataset, cfg.seed, info.rank), batch_size=batch, sampler=sampler, drop_last=True,
-        collate_fn=collate_indexed, num_workers=workers, persistent_workers=workers > 0,
-        pin_memory=info.device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
+        SeededSamples(dataset, cfg.seed, info.rank),
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_indexed,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=info.device.type == "cuda",
+        generator=torch.Generator(),  # leaves the global RNG alone
     )
     micro = len(base) // batch
     steps = micro // cfg.gradient_accumulation_steps

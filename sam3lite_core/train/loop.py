@@ -19,21 +19,22 @@ from typing import Any
 import torch
 
 from sam3lite_core.batch import Batch
+from sam3lite_core.distributed import any_rank, barrier, init_distributed, reduce_numbers, shutdown
 from sam3lite_core.eval.coco_eval import STAT_NAMES, EvalResult
+from sam3lite_core.eval.evaluate import evaluate
+from sam3lite_core.precision import autocast
 from sam3lite_core.train.checkpointer import TrainState
 from sam3lite_core.train.components import Components, build_components
 from sam3lite_core.train.config import TrainConfig
-from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.denoising import make_denoising_queries
-from sam3lite_core.distributed import any_rank, barrier, init_distributed, reduce_numbers, shutdown
-from sam3lite_core.eval.evaluate import evaluate
-from sam3lite_core.precision import autocast
 from sam3lite_core.train.events import EventHandler, log_event, metric_event, progress_event, result_event
+from sam3lite_core.train.loader import cpu_threads, worker_count
 from sam3lite_core.train.optim import clip_gradients
+from sam3lite_core.train.outcome import StopReason, TrainResult
 from sam3lite_core.train.resume import save, start_or_resume
 from sam3lite_core.train.run_folder import LOSS_TERMS
-from sam3lite_core.train.outcome import StopReason, TrainResult
 from sam3lite_core.train.stop_signal import StopSignal
+
 
 @dataclass
 class StepOutput:
@@ -138,8 +139,12 @@ def account(c: Components, state: TrainState, out: StepOutput, images: list[list
     if not out.skipped:
         return False
     state.nonfinite_steps += 1
-    c.emit(log_event(f"step {state.step}: non-finite loss or gradient ({out.loss}); step skipped "
-                     f"({state.nonfinite_steps}/{c.cfg.max_nonfinite_steps} allowed)"))
+    c.emit(
+        log_event(
+            f"step {state.step}: non-finite loss or gradient ({out.loss}); step skipped "
+            f"({state.nonfinite_steps}/{c.cfg.max_nonfinite_steps} allowed)"
+        )
+    )
     return state.nonfinite_steps > c.cfg.max_nonfinite_steps
 
 
@@ -168,8 +173,11 @@ def train_step(c: Components, micro_batches: list[Batch], step: int) -> StepOutp
     # is exactly when the scale must come down).
     c.scaler.update()
     return StepOutput(
-        loss=loss_value, terms=dict(zip(terms, term_values)), grad_norm=norm_value,
-        lr=c.optimizer.param_groups[0]["lr"], skipped=skipped,
+        loss=loss_value,
+        terms=dict(zip(terms, term_values)),
+        grad_norm=norm_value,
+        lr=c.optimizer.param_groups[0]["lr"],
+        skipped=skipped,
     )
 
 
@@ -202,21 +210,40 @@ def log_step(c: Components, state: TrainState, out: StepOutput, images_per_s: fl
     loss, *terms = [value / c.info.world_size for value in reduce_numbers([out.loss, *out.terms.values()])]
     steps_per_epoch = c.train_data.steps_per_epoch
     row = {
-        "phase": "train", "epoch": state.epoch + 1, "step": state.step, "time_s": round(time.time(), 3),
-        "lr": out.lr, "loss": loss, **dict(zip(LOSS_TERMS, terms)), "grad_norm": out.grad_norm,
+        "phase": "train",
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "time_s": round(time.time(), 3),
+        "lr": out.lr,
+        "loss": loss,
+        **dict(zip(LOSS_TERMS, terms)),
+        "grad_norm": out.grad_norm,
         "images_per_s": images_per_s,
     }
     c.run.append_metrics(row)
     batch = state.micro_batches_done // c.cfg.gradient_accumulation_steps
-    c.emit(metric_event({
-        **row, "batch": batch, "batches_per_epoch": steps_per_epoch, "total_epochs": c.cfg.max_epochs,
-        "loss_avg10": sum(state.recent_losses) / len(state.recent_losses), "skipped": out.skipped,
-    }))
-    c.emit(progress_event(
-        state.step / state.total_steps,
-        f"epoch {state.epoch + 1}/{c.cfg.max_epochs} step {batch}/{steps_per_epoch} loss {loss:.4f}",
-        phase="train", epoch=state.epoch + 1, step=state.step, total_steps=state.total_steps,
-    ))
+    c.emit(
+        metric_event(
+            {
+                **row,
+                "batch": batch,
+                "batches_per_epoch": steps_per_epoch,
+                "total_epochs": c.cfg.max_epochs,
+                "loss_avg10": sum(state.recent_losses) / len(state.recent_losses),
+                "skipped": out.skipped,
+            }
+        )
+    )
+    c.emit(
+        progress_event(
+            state.step / state.total_steps,
+            f"epoch {state.epoch + 1}/{c.cfg.max_epochs} step {batch}/{steps_per_epoch} loss {loss:.4f}",
+            phase="train",
+            epoch=state.epoch + 1,
+            step=state.step,
+            total_steps=state.total_steps,
+        )
+    )
 
 
 def fit_horizon(c: Components, state: TrainState, clock: Clock) -> None:
@@ -244,8 +271,14 @@ def end_epoch(c: Components, state: TrainState, clock: Clock) -> StopReason | No
     c.miner.end_epoch()
     epoch = state.epoch + 1
     if state.epoch_loss_count:
-        c.run.append_metrics({"phase": "epoch", "epoch": epoch, "step": state.step,
-                              "loss": state.epoch_loss_sum / state.epoch_loss_count})
+        c.run.append_metrics(
+            {
+                "phase": "epoch",
+                "epoch": epoch,
+                "step": state.step,
+                "loss": state.epoch_loss_sum / state.epoch_loss_count,
+            }
+        )
     state.epoch, state.micro_batches_done = epoch, 0
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
     final = epoch == c.cfg.max_epochs
@@ -255,8 +288,12 @@ def end_epoch(c: Components, state: TrainState, clock: Clock) -> StopReason | No
     fit_horizon(c, state, clock)
     patience = c.cfg.early_stopping_patience
     if patience and state.best_epoch > 0 and epoch - state.best_epoch >= patience:
-        c.emit(log_event(f"early stopping: no better val AP for {epoch - state.best_epoch} epochs "
-                         f"(best {state.best_ap:.4f} at epoch {state.best_epoch})"))
+        c.emit(
+            log_event(
+                f"early stopping: no better val AP for {epoch - state.best_epoch} epochs "
+                f"(best {state.best_ap:.4f} at epoch {state.best_epoch})"
+            )
+        )
         return "early_stopping"
     return None
 
@@ -268,14 +305,28 @@ def validate(c: Components, state: TrainState, clock: Clock) -> bool:
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(total // 10, 1) == 0:
-            c.emit(progress_event(state.step / state.total_steps, f"validating epoch {epoch}: {done}/{total}",
-                                  phase="val", epoch=epoch, val_step=done, val_total=total))
+            c.emit(
+                progress_event(
+                    state.step / state.total_steps,
+                    f"validating epoch {epoch}: {done}/{total}",
+                    phase="val",
+                    epoch=epoch,
+                    val_step=done,
+                    val_total=total,
+                )
+            )
 
     result = evaluate(
-        c.ema.module if c.ema is not None else c.model, c.val.coco_json, c.val.images_root,
-        batch_size=c.cfg.val_batch_size, num_workers=worker_count(c.cfg.num_val_workers, c.info.device),
-        max_dets=c.cfg.val_max_dets, score_thresh=c.cfg.val_score_thresh, amp=c.amp,
-        prompt_variants=c.cfg.prompt_variants, on_progress=progress,
+        c.ema.module if c.ema is not None else c.model,
+        c.val.coco_json,
+        c.val.images_root,
+        batch_size=c.cfg.val_batch_size,
+        num_workers=worker_count(c.cfg.num_val_workers, c.info.device),
+        max_dets=c.cfg.val_max_dets,
+        score_thresh=c.cfg.val_score_thresh,
+        amp=c.amp,
+        prompt_variants=c.cfg.prompt_variants,
+        on_progress=progress,
     )
     metrics = {name: float(getattr(result, name)) for name in STAT_NAMES}
     state.validations += 1
@@ -284,18 +335,33 @@ def validate(c: Components, state: TrainState, clock: Clock) -> bool:
     if improved:
         state.best_ap, state.best_epoch, state.best_metrics = metrics["AP"], epoch, metrics
         state.best_pr = _pr_curve(result, epoch)
-    c.run.append_metrics({"phase": "val", "epoch": epoch, "step": state.step, "time_s": round(time.time(), 3),
-                          **metrics})
-    c.emit(metric_event({"phase": "val", "epoch": epoch, "step": state.step, "total_epochs": c.cfg.max_epochs,
-                         "best": improved, **metrics}))
+    c.run.append_metrics(
+        {"phase": "val", "epoch": epoch, "step": state.step, "time_s": round(time.time(), 3), **metrics}
+    )
+    c.emit(
+        metric_event(
+            {
+                "phase": "val",
+                "epoch": epoch,
+                "step": state.step,
+                "total_epochs": c.cfg.max_epochs,
+                "best": improved,
+                **metrics,
+            }
+        )
+    )
     clock.last_val_s = time.monotonic() - started
     return improved
 
 
 def _pr_curve(result: EvalResult, epoch: int) -> dict[str, Any]:
     per_class = [{"name": row.name, "precision_50": row.precision_50} for row in result.per_class]
-    return {"epoch": epoch, "recall_thresholds": result.recall_thresholds, "precision_50": result.precision_50,
-            "per_class": per_class}
+    return {
+        "epoch": epoch,
+        "recall_thresholds": result.recall_thresholds,
+        "precision_50": result.precision_50,
+        "per_class": per_class,
+    }
 
 
 def finish(c: Components, state: TrainState, reason: StopReason, clock: Clock, resumed: int | None) -> TrainResult:
@@ -315,13 +381,22 @@ def finish(c: Components, state: TrainState, reason: StopReason, clock: Clock, r
         export = ckpt.write_export(best, use_ema=True)
     c.run.write_plots(state.best_pr)
     result = TrainResult(
-        run_dir=str(c.run.path), last_checkpoint=str(ckpt.last) if ckpt.last.is_file() else None,
-        best_checkpoint=str(best) if best else None, export_checkpoint=str(export) if export else None,
-        best_metrics=state.best_metrics, best_epoch=state.best_epoch if state.best_epoch > 0 else None,
-        epochs_done=state.epoch, steps_done=state.step, dataset_signature=c.data_result.signature,
-        config_hash=c.cfg.resolved_hash(), stopped_reason=reason, wall_time_s=round(clock.used(), 2),
-        nonfinite_steps=state.nonfinite_steps, train_images=len(c.train_data.dataset),
-        val_images=c.val.num_images if c.val else 0, resumed_from_step=resumed,
+        run_dir=str(c.run.path),
+        last_checkpoint=str(ckpt.last) if ckpt.last.is_file() else None,
+        best_checkpoint=str(best) if best else None,
+        export_checkpoint=str(export) if export else None,
+        best_metrics=state.best_metrics,
+        best_epoch=state.best_epoch if state.best_epoch > 0 else None,
+        epochs_done=state.epoch,
+        steps_done=state.step,
+        dataset_signature=c.data_result.signature,
+        config_hash=c.cfg.resolved_hash(),
+        stopped_reason=reason,
+        wall_time_s=round(clock.used(), 2),
+        nonfinite_steps=state.nonfinite_steps,
+        train_images=len(c.train_data.dataset),
+        val_images=c.val.num_images if c.val else 0,
+        resumed_from_step=resumed,
     )
     c.run.write_result(result.model_dump(mode="json"))
     c.emit(result_event(result.model_dump(mode="json")))

@@ -43,8 +43,12 @@ class OptimSettings:
 def optim_settings(cfg: TrainConfig) -> OptimSettings:
     """The run's AdamW settings (the config's names are the backend's: `lr_vision_backbone`, ...)."""
     return OptimSettings(
-        lr_transformer=cfg.lr_transformer, lr_vision=cfg.lr_vision_backbone, lr_language=cfg.lr_language_backbone,
-        lr_scale=cfg.lr_scale, layer_decay=cfg.lrd_vision_backbone, weight_decay=cfg.weight_decay,
+        lr_transformer=cfg.lr_transformer,
+        lr_vision=cfg.lr_vision_backbone,
+        lr_language=cfg.lr_language_backbone,
+        lr_scale=cfg.lr_scale,
+        layer_decay=cfg.lrd_vision_backbone,
+        weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip,
     )
 

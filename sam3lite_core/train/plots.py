@@ -1,8 +1,8 @@
 """PNG plots of a run from its metrics.csv (matplotlib, Agg backend: no display needed).
 
-    plots/loss.png       training loss per logged step (total, and the last layer's four terms)
-    plots/map.png        validation AP, AP50, AP75 per epoch
-    plots/pr_curve.png   precision-recall at IoU 0.5 of the best validation: the mean over classes, and each class
+plots/loss.png       training loss per logged step (total, and the last layer's four terms)
+plots/map.png        validation AP, AP50, AP75 per epoch
+plots/pr_curve.png   precision-recall at IoU 0.5 of the best validation: the mean over classes, and each class
 """
 
 from __future__ import annotations
@@ -70,7 +70,12 @@ def _pr_plot(pr: dict[str, Any], path: Path) -> Path:
         if row["precision_50"]:
             ax.plot(recall, [max(p, 0) for p in row["precision_50"]], lw=1, alpha=0.6, label=row["name"])
     ax.plot(recall, pr["precision_50"], lw=2.5, color="black", label="mean")
-    ax.set(title=f"precision-recall @ IoU 0.5 (epoch {pr.get('epoch', '?')})", xlabel="recall",
-           ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        title=f"precision-recall @ IoU 0.5 (epoch {pr.get('epoch', '?')})",
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -48,8 +48,8 @@ _CPU_FROM_SCRATCH = {
     "ema": False,
     "num_val_workers": 0,
     # Where the run ends up depends on the seed: val mAP50 after 10 minutes (2 processes) was 0.513-0.558 with seed
-    # 0 (4235-4934 steps: the step count varies with the machine), 0.479 with 123 (TrainConfig's default) and 0.561 with 7. The
-    # benchmark keeps 0, chosen (from 0, 7, 123 at 8 minutes) before the rest of the recipe was.
+    # 0 (4235-4934 steps: the step count varies with the machine), 0.479 with 123 (TrainConfig's default) and
+    # 0.561 with 7. The benchmark keeps 0, chosen (from 0, 7, 123 at 8 minutes) before the rest of the recipe was.
     "seed": 0,
 }
 

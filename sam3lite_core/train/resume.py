@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sam3lite_core.weights import load_checkpoint, read_checkpoint
+from sam3lite_core.distributed import all_gather_objects
 from sam3lite_core.train.checkpointer import TrainState, capture_rng, restore_rng
 from sam3lite_core.train.components import Components
-from sam3lite_core.distributed import all_gather_objects
 from sam3lite_core.train.events import log_event
+from sam3lite_core.weights import load_checkpoint, read_checkpoint
 
 
 def start_or_resume(c: Components) -> tuple[TrainState, int | None]:
@@ -32,12 +32,20 @@ def start_or_resume(c: Components) -> tuple[TrainState, int | None]:
     if len(ckpt["rng"]) == c.info.world_size:
         restore_rng(ckpt["rng"][c.info.rank])
     else:
-        c.emit(log_event(f"resume: the checkpoint was written by {len(ckpt['rng'])} processes, this run has "
-                         f"{c.info.world_size}; random streams start afresh"))
+        c.emit(
+            log_event(
+                f"resume: the checkpoint was written by {len(ckpt['rng'])} processes, this run has "
+                f"{c.info.world_size}; random streams start afresh"
+            )
+        )
     c.run.truncate_metrics(state.step)
     _report_changes(c, ckpt)
-    c.emit(log_event(f"resumed {c.run.path} at step {state.step} (epoch {state.epoch + 1}, "
-                     f"{state.micro_batches_done} batches into it)"))
+    c.emit(
+        log_event(
+            f"resumed {c.run.path} at step {state.step} (epoch {state.epoch + 1}, "
+            f"{state.micro_batches_done} batches into it)"
+        )
+    )
     return state, state.step
 
 
@@ -50,8 +58,12 @@ def _resume_scaler(c: Components, ckpt: dict[str, Any]) -> None:
         c.scaler.load_state_dict(ckpt["scaler"])
         return
     saved_amp = ckpt.get("config", {}).get("amp")
-    c.emit(log_event(f"resume: the checkpoint has no fp16 loss scale (saved with amp {saved_amp!r} on "
-                     f"{ckpt.get('world_size', 1)} process(es)); the scale starts at its default"))
+    c.emit(
+        log_event(
+            f"resume: the checkpoint has no fp16 loss scale (saved with amp {saved_amp!r} on "
+            f"{ckpt.get('world_size', 1)} process(es)); the scale starts at its default"
+        )
+    )
 
 
 def _report_changes(c: Components, ckpt: dict[str, Any]) -> None:

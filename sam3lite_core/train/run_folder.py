@@ -22,7 +22,16 @@ from sam3lite_core.eval.coco_eval import STAT_NAMES
 
 LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_presence")
 COLUMNS = (
-    "phase", "epoch", "step", "time_s", "lr", "loss", *LOSS_TERMS, "grad_norm", "images_per_s", *STAT_NAMES,
+    "phase",
+    "epoch",
+    "step",
+    "time_s",
+    "lr",
+    "loss",
+    *LOSS_TERMS,
+    "grad_norm",
+    "images_per_s",
+    *STAT_NAMES,
 )
 
 

@@ -29,13 +29,24 @@ class ActivationConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=datasets, group_name=GROUP, kinds={"service"}, deps=[evaluation],
-    check_specs=[dg.AssetCheckSpec("inference_confirmed", asset="active_checkpoint", blocking=True,
-                                   description="after activation, one inference through the backend answered with "
-                                   "the new checkpoint")],
+    partitions_def=datasets,
+    group_name=GROUP,
+    kinds={"service"},
+    deps=[evaluation],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "inference_confirmed",
+            asset="active_checkpoint",
+            blocking=True,
+            description="after activation, one inference through the backend answered with the new checkpoint",
+        )
+    ],
 )
 def active_checkpoint(
-    context: dg.AssetExecutionContext, config: ActivationConfig, storage: StorageRoots, backend: Backend,
+    context: dg.AssetExecutionContext,
+    config: ActivationConfig,
+    storage: StorageRoots,
+    backend: Backend,
     gates: Gates,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """A generator: a failed confirmation yields its failed check and then fails the step without a
@@ -44,33 +55,52 @@ def active_checkpoint(
     history = History(storage.runs_root)
     coco = latest_metadata(context, "coco_dataset")
     try:
-        entry = activation_target(dataset_id, history, rollback=config.rollback, checkpoint=config.checkpoint,
-                                  label=config.label, run_id=context.run.run_id,
-                                  latest_evaluation=lambda: latest_metadata(context, "evaluation"))
+        entry = activation_target(
+            dataset_id,
+            history,
+            rollback=config.rollback,
+            checkpoint=config.checkpoint,
+            label=config.label,
+            run_id=context.run.run_id,
+            latest_evaluation=lambda: latest_metadata(context, "evaluation"),
+        )
     except GateRefused as exc:
         raise dg.Failure(str(exc)) from None
     client = backend_client(backend, storage.runs_root)
     image, prompt = _confirm_inputs(coco, gates)
     previous_active, confirmed = yield from _put_into_service(client, entry, image, prompt)
     history.record(entry)
-    context.log.info(f"activated {entry.checkpoint} for {dataset_id} ({entry.action}); confirmed by an inference "
-                     f"in {confirmed.latency_s:.2f} s with {confirmed.detections} detection(s) for {prompt!r}")
+    context.log.info(
+        f"activated {entry.checkpoint} for {dataset_id} ({entry.action}); confirmed by an inference "
+        f"in {confirmed.latency_s:.2f} s with {confirmed.detections} detection(s) for {prompt!r}"
+    )
     yield dg.MaterializeResult(
         metadata={
             "checkpoint": dg.MetadataValue.path(entry.checkpoint),
-            "label": entry.label, "action": entry.action, "backend": backend.mode,
+            "label": entry.label,
+            "action": entry.action,
+            "backend": backend.mode,
             "previous_incumbent": entry.previous or "none",
             "previously_active": _checkpoint_of(previous_active),
-            "metric": entry.metric or "", "value": entry.value if entry.value is not None else float("nan"),
+            "metric": entry.metric or "",
+            "value": entry.value if entry.value is not None else float("nan"),
             "history": dg.MetadataValue.md(history_table(history.entries(dataset_id), gates.metric)),
         },
         data_version=dg.DataVersion(f"{entry.action}-{entry.label}-{entry.at}"),
-        check_results=[dg.AssetCheckResult(check_name="inference_confirmed", passed=True, metadata={
-            "active_id": confirmed.active_id, "detections": confirmed.detections,
-            "top_score": confirmed.top_score if confirmed.top_score is not None else float("nan"),
-            "latency_s": round(confirmed.latency_s, 3), "prompt": prompt,
-            "image": dg.MetadataValue.path(str(image)),
-        })],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="inference_confirmed",
+                passed=True,
+                metadata={
+                    "active_id": confirmed.active_id,
+                    "detections": confirmed.detections,
+                    "top_score": confirmed.top_score if confirmed.top_score is not None else float("nan"),
+                    "latency_s": round(confirmed.latency_s, 3),
+                    "prompt": prompt,
+                    "image": dg.MetadataValue.path(str(image)),
+                },
+            )
+        ],
     )
 
 
@@ -99,10 +129,17 @@ def _put_into_service(
     except Exception as exc:  # whatever broke, the previous model must go back into service
         client.restore(previous_active)
         restored = _checkpoint_of(previous_active)
-        yield dg.AssetCheckResult(check_name="inference_confirmed", passed=False, metadata={
-            "error": str(exc), "prompt": prompt, "image": dg.MetadataValue.path(str(image)),
-            "checkpoint": dg.MetadataValue.path(entry.checkpoint), "restored": restored,
-        })
+        yield dg.AssetCheckResult(
+            check_name="inference_confirmed",
+            passed=False,
+            metadata={
+                "error": str(exc),
+                "prompt": prompt,
+                "image": dg.MetadataValue.path(str(image)),
+                "checkpoint": dg.MetadataValue.path(entry.checkpoint),
+                "restored": restored,
+            },
+        )
         raise dg.Failure(
             f"the backend did not confirm {entry.checkpoint} ({exc}); the previously active model {restored} "
             "was restored and the incumbent is unchanged"

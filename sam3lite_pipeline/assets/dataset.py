@@ -24,8 +24,10 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
     to do), signed by content. A fatal problem fails the run before anything is converted or trained."""
     root = storage.dataset_dir(context.partition_key)
     if not root.is_dir():
-        raise dg.Failure(f"dataset {context.partition_key!r}: {root} does not exist; stage the YOLO dataset there "
-                         f"(labelmap.txt, train/ and val/ or images/ and labels/)")
+        raise dg.Failure(
+            f"dataset {context.partition_key!r}: {root} does not exist; stage the YOLO dataset there "
+            f"(labelmap.txt, train/ and val/ or images/ and labels/)"
+        )
     report = scan_dataset(root, cache_dir=storage.cache_dir)
     text = report.text()
     if not report.ok:
@@ -35,8 +37,12 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
         metadata={
             "path": dg.MetadataValue.path(str(root)),
             "signature": report.signature,
-            "images": c.images, "backgrounds": c.backgrounds, "boxes": c.boxes, "skipped": c.skipped,
-            "dropped": c.dropped, "problems": len(report.problems),
+            "images": c.images,
+            "backgrounds": c.backgrounds,
+            "boxes": c.boxes,
+            "skipped": c.skipped,
+            "dropped": c.dropped,
+            "problems": len(report.problems),
             "classes": dg.MetadataValue.json(report.classes),
             "per_class": dg.MetadataValue.md(class_table(report.classes, c.boxes_per_class)),
             "scan_report": dg.MetadataValue.md(code_block(text)),
@@ -46,9 +52,18 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
 
 
 @dg.asset(
-    partitions_def=datasets, group_name=GROUP, kinds={"json"}, deps=[staged_dataset],
-    check_specs=[dg.AssetCheckSpec("coco_valid", asset="coco_dataset", blocking=True,
-                                   description="ids, references, boxes inside images, categories = labelmap")],
+    partitions_def=datasets,
+    group_name=GROUP,
+    kinds={"json"},
+    deps=[staged_dataset],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "coco_valid",
+            asset="coco_dataset",
+            blocking=True,
+            description="ids, references, boxes inside images, categories = labelmap",
+        )
+    ],
 )
 def coco_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> dg.MaterializeResult:
     """COCO train/val JSON of the dataset, cached under the cache root by content signature and split settings
@@ -63,25 +78,36 @@ def coco_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> dg
     except DatasetError as exc:
         raise dg.Failure(exc.report.text() if exc.report else str(exc)) from None
     if result.signature != staged["signature"]:
-        context.log.warning(f"the dataset changed since staged_dataset signed it ({staged['signature'][:12]} -> "
-                            f"{result.signature[:12]}); converted the current content")
+        context.log.warning(
+            f"the dataset changed since staged_dataset signed it ({staged['signature'][:12]} -> "
+            f"{result.signature[:12]}); converted the current content"
+        )
     problems = coco_problems(Path(result.train_json), Path(result.val_json), [c.name for c in result.categories])
     counts = result.counts
     return dg.MaterializeResult(
         metadata={
-            "signature": result.signature, "cache_hit": result.cache_hit, "cache_key": result.cache_key,
-            "train_json": dg.MetadataValue.path(result.train_json), "val_json": dg.MetadataValue.path(result.val_json),
+            "signature": result.signature,
+            "cache_hit": result.cache_hit,
+            "cache_key": result.cache_key,
+            "train_json": dg.MetadataValue.path(result.train_json),
+            "val_json": dg.MetadataValue.path(result.val_json),
             "train_images_root": dg.MetadataValue.path(result.train_images_root),
             "val_images_root": dg.MetadataValue.path(result.val_images_root),
-            "train_images": counts.train_images, "val_images": counts.val_images,
-            "train_boxes": counts.train_boxes, "val_boxes": counts.val_boxes, "split_method": result.split_method,
-            "val_percent": settings.val_fraction, "split_seed": settings.seed,
+            "train_images": counts.train_images,
+            "val_images": counts.val_images,
+            "train_boxes": counts.train_boxes,
+            "val_boxes": counts.val_boxes,
+            "split_method": result.split_method,
+            "val_percent": settings.val_fraction,
+            "split_seed": settings.seed,
             "categories": dg.MetadataValue.json([c.name for c in result.categories]),
         },
         data_version=dg.DataVersion(result.cache_key),
-        check_results=[dg.AssetCheckResult(
-            check_name="coco_valid", passed=not problems,
-            metadata={"problems": dg.MetadataValue.md(bullet_list(problems))},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="coco_valid",
+                passed=not problems,
+                metadata={"problems": dg.MetadataValue.md(bullet_list(problems))},
+            )
+        ],
     )
-

@@ -42,8 +42,14 @@ def run_evaluation(checkpoint: str, coco: dict[str, Any], batch_size: int) -> Ev
     from sam3lite_core.eval.evaluate import evaluate
 
     device = pick_device("auto")
-    return evaluate(checkpoint, coco["val_json"], coco["val_images_root"], batch_size=batch_size, device=device,
-                    amp=resolve_amp(run_amp(checkpoint), device))
+    return evaluate(
+        checkpoint,
+        coco["val_json"],
+        coco["val_images_root"],
+        batch_size=batch_size,
+        device=device,
+        amp=resolve_amp(run_amp(checkpoint), device),
+    )
 
 
 def run_amp(checkpoint: str) -> str:
@@ -57,12 +63,23 @@ def run_amp(checkpoint: str) -> str:
 
 
 @dg.asset(
-    partitions_def=datasets, group_name=GROUP, kinds={"coco"}, deps=[trained_model],
+    partitions_def=datasets,
+    group_name=GROUP,
+    kinds={"coco"},
+    deps=[trained_model],
     check_specs=[
-        dg.AssetCheckSpec("map_floor", asset="evaluation", blocking=True,
-                          description="the candidate's metric (Gates.metric) is at least Gates.map_floor"),
-        dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
-                          description="not below the incumbent's metric on the same val set minus the tolerance"),
+        dg.AssetCheckSpec(
+            "map_floor",
+            asset="evaluation",
+            blocking=True,
+            description="the candidate's metric (Gates.metric) is at least Gates.map_floor",
+        ),
+        dg.AssetCheckSpec(
+            "no_regression",
+            asset="evaluation",
+            blocking=True,
+            description="not below the incumbent's metric on the same val set minus the tolerance",
+        ),
     ],
 )
 def evaluation(
@@ -86,8 +103,10 @@ def evaluation(
     incumbent = History(storage.runs_root).incumbent(context.partition_key)
     baseline = incumbent_baseline(incumbent, candidate, value, val_set, gates.metric, reevaluate)
     outcome = judge(value, baseline.value, gates.map_floor, gates.regression_tolerance)
-    context.log.info(f"{gates.metric} {value:.4f} (floor {gates.map_floor}); incumbent "
-                     f"{'-' if baseline.value is None else f'{baseline.value:.4f}'} ({baseline.note})")
+    context.log.info(
+        f"{gates.metric} {value:.4f} (floor {gates.map_floor}); incumbent "
+        f"{'-' if baseline.value is None else f'{baseline.value:.4f}'} ({baseline.note})"
+    )
     metadata = {
         **{name: float(getattr(result, name)) for name in STAT_NAMES},
         "checkpoint": dg.MetadataValue.path(candidate),
@@ -102,17 +121,26 @@ def evaluation(
         "per_class": dg.MetadataValue.md(per_class_table(result)),
     }
     version = dg.DataVersion(f"{val_set}-{Path(candidate).parent.parent.name}")
-    return dg.MaterializeResult(metadata=metadata, data_version=version,
-                                check_results=_gate_checks(value, baseline, outcome, gates))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=version, check_results=_gate_checks(value, baseline, outcome, gates)
+    )
 
 
 def _gate_checks(value: float, baseline: Baseline, outcome: GateOutcome, gates: Gates) -> list[dg.AssetCheckResult]:
     return [
-        dg.AssetCheckResult(check_name="map_floor", passed=outcome.floor_ok, metadata={
-            gates.metric: value, "floor": gates.map_floor}),
-        dg.AssetCheckResult(check_name="no_regression", passed=outcome.regression_ok, metadata={
-            gates.metric: value, "incumbent": _or_nan(baseline.value), "tolerance": gates.regression_tolerance,
-            "note": baseline.note}),
+        dg.AssetCheckResult(
+            check_name="map_floor", passed=outcome.floor_ok, metadata={gates.metric: value, "floor": gates.map_floor}
+        ),
+        dg.AssetCheckResult(
+            check_name="no_regression",
+            passed=outcome.regression_ok,
+            metadata={
+                gates.metric: value,
+                "incumbent": _or_nan(baseline.value),
+                "tolerance": gates.regression_tolerance,
+                "note": baseline.note,
+            },
+        ),
     ]
 
 

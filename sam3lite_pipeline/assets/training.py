@@ -21,9 +21,19 @@ from sam3lite_pipeline.train_settings import TrainingConfig, resolve_train_confi
 
 
 @dg.asset(
-    partitions_def=datasets, group_name=GROUP, kinds={"pytorch"}, deps=[coco_dataset], pool="gpu",
-    check_specs=[dg.AssetCheckSpec("dataset_unchanged", asset="trained_model", blocking=True,
-                                   description="the dataset's signature after training equals the one trained on")],
+    partitions_def=datasets,
+    group_name=GROUP,
+    kinds={"pytorch"},
+    deps=[coco_dataset],
+    pool="gpu",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "dataset_unchanged",
+            asset="trained_model",
+            blocking=True,
+            description="the dataset's signature after training equals the one trained on",
+        )
+    ],
 )
 def trained_model(
     context: dg.AssetExecutionContext, config: TrainingConfig, storage: StorageRoots, launcher: TrainLauncher
@@ -34,8 +44,12 @@ def trained_model(
     dataset_id = context.partition_key
     run_name = new_run_name(dataset_id, storage.runs_root)
     config_file = _write_run_config(context, config, storage, launcher, coco, run_name)
-    launched = launch_training(context, launcher, training_command(launcher, str(config_file)),
-                               extras={"dataset": dataset_id, "run_name": run_name})
+    launched = launch_training(
+        context,
+        launcher,
+        training_command(launcher, str(config_file)),
+        extras={"dataset": dataset_id, "run_name": run_name},
+    )
     result = _train_result(launched)
     try:
         checkpoint = candidate_checkpoint(result)
@@ -48,30 +62,43 @@ def trained_model(
     now = dataset_signature(storage.dataset_dir(dataset_id), cache_dir=storage.cache_dir)
     changed = not dataset_unchanged(coco["signature"], trained_on, now)
     if changed:
-        context.log.warning(f"the dataset changed after its conversion (converted {coco['signature'][:12]}, trained "
-                            f"on {trained_on[:12]}, now {now[:12]}): this result is marked and will not be "
-                            f"activated; retrain on the new data")
+        context.log.warning(
+            f"the dataset changed after its conversion (converted {coco['signature'][:12]}, trained "
+            f"on {trained_on[:12]}, now {now[:12]}): this result is marked and will not be "
+            f"activated; retrain on the new data"
+        )
     version = f"changed-during-{run_name}" if changed else f"{trained_on[:16]}-{result['config_hash']}"
     return dg.MaterializeResult(
         metadata=_run_metadata(result, checkpoint, changed, launched.pid),
         data_version=dg.DataVersion(version),
-        check_results=[dg.AssetCheckResult(
-            check_name="dataset_unchanged", passed=not changed,
-            metadata={"converted": coco["signature"], "trained_on": trained_on, "after_training": now},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="dataset_unchanged",
+                passed=not changed,
+                metadata={"converted": coco["signature"], "trained_on": trained_on, "after_training": now},
+            )
+        ],
     )
 
 
 def _write_run_config(
-    context: dg.AssetExecutionContext, config: TrainingConfig, storage: StorageRoots, launcher: TrainLauncher,
-    coco: dict[str, Any], run_name: str,
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    storage: StorageRoots,
+    launcher: TrainLauncher,
+    coco: dict[str, Any],
+    run_name: str,
 ) -> Path:
     """The run's resolved training config as the YAML file the training entry reads. The pipeline owns where
     the run goes, the split coco_dataset converted with, and the process count; dg.Failure for a bad value."""
     dataset_dir = storage.dataset_dir(context.partition_key)
     owned: dict[str, Any] = {
-        "dataset": str(dataset_dir), "runs_root": str(storage.runs_root), "cache_dir": str(storage.cache_dir),
-        "run_name": run_name, "val_percent": coco["val_percent"], "split_seed": coco["split_seed"],
+        "dataset": str(dataset_dir),
+        "runs_root": str(storage.runs_root),
+        "cache_dir": str(storage.cache_dir),
+        "run_name": run_name,
+        "val_percent": coco["val_percent"],
+        "split_seed": coco["split_seed"],
         "num_gpus": launcher.nproc_per_node * launcher.nnodes,
     }
     if launcher.device != "auto":
@@ -83,8 +110,9 @@ def _write_run_config(
     config_file = storage.cache_dir / "launch" / f"{run_name}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False))
-    context.log.info(f"training {context.partition_key} into {storage.runs_root / run_name} "
-                     f"(config hash {cfg.resolved_hash()})")
+    context.log.info(
+        f"training {context.partition_key} into {storage.runs_root / run_name} (config hash {cfg.resolved_hash()})"
+    )
     return config_file
 
 
@@ -108,9 +136,13 @@ def _run_metadata(result: dict[str, Any], checkpoint: str, changed: bool, pid: i
         "config_hash": result["config_hash"],
         "dataset_signature": "changed during training" if changed else result["dataset_signature"],
         "dataset_changed": changed,
-        "stopped_reason": result["stopped_reason"], "epochs": result["epochs_done"], "steps": result["steps_done"],
-        "train_wall_s": round(result["wall_time_s"], 1), "best_epoch": result["best_epoch"] or 0,
-        "train_images": result["train_images"], "val_images": result["val_images"],
+        "stopped_reason": result["stopped_reason"],
+        "epochs": result["epochs_done"],
+        "steps": result["steps_done"],
+        "train_wall_s": round(result["wall_time_s"], 1),
+        "best_epoch": result["best_epoch"] or 0,
+        "train_images": result["train_images"],
+        "val_images": result["val_images"],
         **{f"val_{name}": float(best[name]) for name in ("AP", "AP50") if name in best},
         "epochs_table": dg.MetadataValue.md(epochs_table(run_dir / "metrics.csv")),
         **{f"plot_{p.stem}": dg.MetadataValue.path(str(p)) for p in sorted((run_dir / "plots").glob("*.png"))},

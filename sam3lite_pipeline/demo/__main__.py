@@ -52,10 +52,12 @@ class DemoSettings:
 
     @classmethod
     def from_env(cls) -> "DemoSettings":
-        return cls(workspace=Path(os.environ.get("DEMO_DIR", ".sam3lite-demo")).resolve(),
-                   images=int(os.environ.get("DEMO_IMAGES", "400")),
-                   minutes=float(os.environ.get("DEMO_MINUTES", "9")),
-                   floor=float(os.environ.get("DEMO_FLOOR", str(DEFAULT_FLOOR))))
+        return cls(
+            workspace=Path(os.environ.get("DEMO_DIR", ".sam3lite-demo")).resolve(),
+            images=int(os.environ.get("DEMO_IMAGES", "400")),
+            minutes=float(os.environ.get("DEMO_MINUTES", "9")),
+            floor=float(os.environ.get("DEMO_FLOOR", str(DEFAULT_FLOOR))),
+        )
 
     @property
     def dagster_home(self) -> Path:
@@ -92,19 +94,35 @@ def _run_retrain(settings: DemoSettings) -> str:
     run_yaml = settings.workspace / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
     env = os.environ | {
-        "DAGSTER_HOME": str(settings.dagster_home), "SAM3LITE_HOME": str(settings.workspace),
+        "DAGSTER_HOME": str(settings.dagster_home),
+        "SAM3LITE_HOME": str(settings.workspace),
         "OMP_WAIT_POLICY": "PASSIVE",
         "SAM3LITE_NPROC_PER_NODE": str(processes),  # the launcher resource: torchrun when more than one
         # Dagster's notices about its own CLI and Pipes internals (reference/dagster_facts.md section 3).
         "PYTHONWARNINGS": "ignore:Function `job_execute_command` is superseded,"
-                          "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",
+        "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",
     }
     demo_id = uuid.uuid4().hex
     tags = {"dagster/partition": DATASET, "sam3lite/demo": demo_id}
-    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "sam3lite_pipeline.definitions",
-               "-j", "retrain", "-c", str(run_yaml), "--tags", json.dumps(tags)]
-    print(f"[demo] DAGSTER_HOME={settings.dagster_home} SAM3LITE_HOME={settings.workspace} {' '.join(command[1:])}",
-          flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "execute",
+        "-m",
+        "sam3lite_pipeline.definitions",
+        "-j",
+        "retrain",
+        "-c",
+        str(run_yaml),
+        "--tags",
+        json.dumps(tags),
+    ]
+    print(
+        f"[demo] DAGSTER_HOME={settings.dagster_home} SAM3LITE_HOME={settings.workspace} {' '.join(command[1:])}",
+        flush=True,
+    )
     subprocess.run(command, env=env, cwd=ROOT)
     return demo_id
 
@@ -120,8 +138,10 @@ def _judge(evaluation: dict, active: dict, floor: float) -> bool:
     if not evaluation:
         print("  it stopped before evaluation: see the output above (`make ui` shows the run)")
         return False
-    print(f"  val mAP50 {evaluation['AP50']:.3f}, mAP {evaluation['AP']:.3f} (gate: mAP50 >= {floor}); incumbent "
-          f"mAP50 {evaluation['incumbent_value']:.3f} ({evaluation['incumbent_note']})")
+    print(
+        f"  val mAP50 {evaluation['AP50']:.3f}, mAP {evaluation['AP']:.3f} (gate: mAP50 >= {floor}); incumbent "
+        f"mAP50 {evaluation['incumbent_value']:.3f} ({evaluation['incumbent_note']})"
+    )
     if evaluation["AP50"] < floor:
         print("  below the demo's floor: training did not learn enough in its budget")
         return False
@@ -148,9 +168,11 @@ def _predict_with_active(settings: DemoSettings) -> bool:
     for prompt, detections in zip(SYNTH_CLASSES, found):
         shown = ", ".join(f"{d.score:.2f}@[{', '.join(f'{v:.0f}' for v in d.box_xyxy)}]" for d in detections[:3])
         print(f"    {prompt:15s} {len(detections):2d} found  {shown}")
-    print(f"  workspace   {workspace} (datasets/, cache/, runs/, dagster_home/)\n"
-          f"  serve it    sam3lite serve --runs-root {workspace / 'runs'}\n"
-          f"  see it      make ui  (Dagster on http://127.0.0.1:3000)")
+    print(
+        f"  workspace   {workspace} (datasets/, cache/, runs/, dagster_home/)\n"
+        f"  serve it    sam3lite serve --runs-root {workspace / 'runs'}\n"
+        f"  see it      make ui  (Dagster on http://127.0.0.1:3000)"
+    )
     return True
 
 

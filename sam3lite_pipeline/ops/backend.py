@@ -94,8 +94,13 @@ class LocalBackend:
             )
         with serving.lock:
             found = serving.predictor.predict(Image.open(image).convert("RGB"), [prompt], threshold=0.5)[0][0]
-        return Confirmation(serving.active.id, str(serving.active.checkpoint), len(found),
-                            max((d.score for d in found), default=None), time.monotonic() - started)
+        return Confirmation(
+            serving.active.id,
+            str(serving.active.checkpoint),
+            len(found),
+            max((d.score for d in found), default=None),
+            time.monotonic() - started,
+        )
 
 
 class TatorBackend:
@@ -106,9 +111,16 @@ class TatorBackend:
         self.timeout = settings.timeout_s
         self.history = History(runs_root) if runs_root is not None else None
         self.session = requests.Session()
-        retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
-                      status=settings.retries, backoff_factor=settings.backoff_s, allowed_methods=None,
-                      status_forcelist=(500, 502, 503, 504), raise_on_status=False)
+        retry = Retry(
+            total=settings.retries,
+            connect=settings.retries,
+            read=settings.retries,
+            status=settings.retries,
+            backoff_factor=settings.backoff_s,
+            allowed_methods=None,
+            status_forcelist=(500, 502, 503, 504),
+            raise_on_status=False,
+        )
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
         if settings.token:
@@ -121,22 +133,33 @@ class TatorBackend:
         try:
             return self._active(rows)
         except (ValidationError, TypeError):
-            raise BackendError(f"GET {self.url}/sam3/models lists an active model this client cannot read: "
-                               f"{str(rows)[:QUOTED]}") from None
+            raise BackendError(
+                f"GET {self.url}/sam3/models lists an active model this client cannot read: {str(rows)[:QUOTED]}"
+            ) from None
 
     def _active(self, rows: list[dict[str, Any]]) -> ActiveModel | None:
         for row in rows:
             key = str(row.get("key") or "")
             if key.startswith(ACTIVE_KEY):
-                checkpoint = row.get("path") or key[len(ACTIVE_KEY):]
+                checkpoint = row.get("path") or key[len(ACTIVE_KEY) :]
                 name = str(row.get("id") or Path(checkpoint).parent.parent.name or checkpoint)
-                return ActiveModel(id=name, label=name, checkpoint=checkpoint, source="custom",
-                                   enable_segmentation=self._segmentation(row, checkpoint))
+                return ActiveModel(
+                    id=name,
+                    label=name,
+                    checkpoint=checkpoint,
+                    source="custom",
+                    enable_segmentation=self._segmentation(row, checkpoint),
+                )
         for row in rows:
             if row.get("key") == "base" and row.get("active"):
                 name = str(row.get("id") or "Base SAM3")
-                return ActiveModel(id=name, label=name, checkpoint=row.get("path"), source="env",
-                                   enable_segmentation=self._segmentation(row, None))
+                return ActiveModel(
+                    id=name,
+                    label=name,
+                    checkpoint=row.get("path"),
+                    source="env",
+                    enable_segmentation=self._segmentation(row, None),
+                )
         return None
 
     def _segmentation(self, row: dict[str, Any], checkpoint: str | None) -> bool:
@@ -157,16 +180,20 @@ class TatorBackend:
         try:
             return ActiveModel.model_validate(answer["active"])
         except (KeyError, TypeError, ValidationError):
-            raise BackendError(f"POST {self.url}/sam3/models/activate answered {str(answer)[:QUOTED]!r}, not "
-                               "{'active': {id, label, checkpoint, source, ...}}") from None
+            raise BackendError(
+                f"POST {self.url}/sam3/models/activate answered {str(answer)[:QUOTED]!r}, not "
+                "{'active': {id, label, checkpoint, source, ...}}"
+            ) from None
 
     def restore(self, previous: ActiveModel | None) -> None:
         """Put `previous` back (its base weights when it was the base); None: the base with the backend's own
         default segmentation setting."""
         custom = previous is not None and previous.source == "custom"
-        body = {"checkpoint_path": previous.checkpoint if custom else None,  # type: ignore[union-attr]
-                "label": previous.label if previous else None,
-                "enable_segmentation": previous.enable_segmentation if previous else None}
+        body = {
+            "checkpoint_path": previous.checkpoint if custom else None,  # type: ignore[union-attr]
+            "label": previous.label if previous else None,
+            "enable_segmentation": previous.enable_segmentation if previous else None,
+        }
         self._call("POST", "/sam3/models/activate", json=body)
 
     def list_models(self) -> list[dict[str, Any]]:
@@ -179,29 +206,40 @@ class TatorBackend:
         started = time.monotonic()
         active = self.current()
         if active is None or Path(active.checkpoint or "").resolve() != Path(checkpoint).resolve():
-            raise BackendError(f"{self.url} lists {active.checkpoint if active else 'no custom model'} as active, "
-                               f"not {checkpoint}")
+            raise BackendError(
+                f"{self.url} lists {active.checkpoint if active else 'no custom model'} as active, not {checkpoint}"
+            )
         buffer = io.BytesIO()
         Image.open(image).convert("RGB").save(buffer, format="PNG")
-        answer = self._call("POST", "/sam3/text_prompt", json={
-            "image_base64": base64.b64encode(buffer.getvalue()).decode(), "text_prompt": prompt, "threshold": 0.5,
-        })
+        answer = self._call(
+            "POST",
+            "/sam3/text_prompt",
+            json={
+                "image_base64": base64.b64encode(buffer.getvalue()).decode(),
+                "text_prompt": prompt,
+                "threshold": 0.5,
+            },
+        )
         detections = answer.get("detections") if isinstance(answer, dict) else None
         if not isinstance(detections, list):
-            raise BackendError(f"POST {self.url}/sam3/text_prompt answered {str(answer)[:QUOTED]!r}, not "
-                               "{'detections': [...]}")
+            raise BackendError(
+                f"POST {self.url}/sam3/text_prompt answered {str(answer)[:QUOTED]!r}, not {{'detections': [...]}}"
+            )
         # A detection without a score (the backend's score is optional) is not a confirmed detection.
         scores = [d["score"] for d in detections if isinstance(d, dict) and _is_number(d.get("score"))]
-        return Confirmation(active.id, str(active.checkpoint), len(scores), max(scores, default=None),
-                            time.monotonic() - started)
+        return Confirmation(
+            active.id, str(active.checkpoint), len(scores), max(scores, default=None), time.monotonic() - started
+        )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         where = f"{method} {self.url}{path}"
         try:
             response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise BackendError(f"{where}: the backend cannot be reached ({type(exc).__name__}); "
-                               f"check Backend.url and that the service is running") from None
+            raise BackendError(
+                f"{where}: the backend cannot be reached ({type(exc).__name__}); "
+                f"check Backend.url and that the service is running"
+            ) from None
         try:
             answer = response.json()
         except ValueError:

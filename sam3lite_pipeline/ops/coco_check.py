@@ -51,6 +51,8 @@ def _split_problems(data: dict[str, Any], classes: list[str]) -> list[str]:
         slack = 0.01  # px: the converter rounds coordinates to 1/1000 px
         inside = -slack <= x and -slack <= y and x + w <= image["width"] + slack and y + h <= image["height"] + slack
         if w <= 0 or h <= 0 or not inside:
-            out.append(f"annotation {ann['id']}: bbox {ann['bbox']} is empty or outside its "
-                       f"{image['width']}x{image['height']} image {image['file_name']}")
+            out.append(
+                f"annotation {ann['id']}: bbox {ann['bbox']} is empty or outside its "
+                f"{image['width']}x{image['height']} image {image['file_name']}"
+            )
     return out

@@ -49,8 +49,7 @@ class History:
             items = [Activation.model_validate(item) for item in raw["entries"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(
-                f"{self.path}: the activation history is unreadable ({exc}); fix or move the file (nothing was "
-                f"changed)"
+                f"{self.path}: the activation history is unreadable ({exc}); fix or move the file (nothing was changed)"
             ) from exc
         return [e for e in items if dataset is None or e.dataset == dataset]
 

@@ -49,8 +49,11 @@ class Launched:
 def training_command(launcher: TrainLauncher, config_file: str) -> list[str]:
     """The command line of the training entry for `config_file`, torchrun when there is more than one process."""
     layout = LaunchSettings(
-        nproc_per_node=launcher.nproc_per_node, nnodes=launcher.nnodes, node_rank=launcher.node_rank,
-        master_addr=launcher.master_addr, master_port=launcher.master_port,
+        nproc_per_node=launcher.nproc_per_node,
+        nnodes=launcher.nnodes,
+        node_rank=launcher.node_rank,
+        master_addr=launcher.master_addr,
+        master_port=launcher.master_port,
     )
     return launch_command(layout, [*ENTRY, "--config", config_file])
 
@@ -112,12 +115,17 @@ def launch_training(
         process = subprocess.Popen(
             list(command),
             env={**os.environ, **(env or {}), **session.get_bootstrap_env_vars(), LAUNCH_ID_ENV: launch_id},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
             start_new_session=True,  # its own process group: torchrun and its workers go down together
         )
         pgid = process.pid
-        context.log.info(f"training started: pid {process.pid} (process group {pgid}), {LAUNCH_ID_ENV}={launch_id}: "
-                         f"{' '.join(command)}")
+        context.log.info(
+            f"training started: pid {process.pid} (process group {pgid}), {LAUNCH_ID_ENV}={launch_id}: "
+            f"{' '.join(command)}"
+        )
         pump = threading.Thread(target=_pump, args=(process.stdout, tail), daemon=True)
         pump.start()
         try:
@@ -160,8 +168,7 @@ def _check_exit(
         raise dg.Failure(
             description=f"training exited with code {process.returncode} after {wall_s:.0f} s; last lines:\n"
             + "\n".join(list(tail)[-15:]),
-            metadata={"last_lines": dg.MetadataValue.md(code_block("\n".join(tail))),
-                      "exit_code": process.returncode},
+            metadata={"last_lines": dg.MetadataValue.md(code_block("\n".join(tail))), "exit_code": process.returncode},
         )
     # Stragglers after a clean exit (a worker that ignored torchrun's teardown) must not outlive the step.
     if _group_alive(pgid):

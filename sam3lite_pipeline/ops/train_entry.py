@@ -18,9 +18,9 @@ from typing import Any
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from sam3lite_core.train.outcome import exit_code
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.events import ConsolePrinter, Event
+from sam3lite_core.train.outcome import exit_code
 
 STAT_LINE = ("AP", "AP50", "AP75", "AR100")
 

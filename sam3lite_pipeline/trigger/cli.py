@@ -35,17 +35,24 @@ class UsageError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-                        help=f"Dagster webserver root, path prefix included (default ${URL_ENV} or {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"Dagster webserver root, path prefix included (default ${URL_ENV} or {DEFAULT_URL})",
+    )
     parser.add_argument("--location", default="sam3lite", help="code location name (default sam3lite)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default 30)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     launch = actions.add_parser("launch", help="register a dataset and launch its retrain")
     launch.add_argument("--dataset", required=True, metavar="ID", help="dataset id (the partition key)")
-    launch.add_argument("--config", type=Path, metavar="FILE",
-                        help="training config (run.yaml: max_epochs: 30 ...) or a whole Dagster run config "
-                        "(ops: {trained_model: {config: {...}}}, resources: ...), YAML or JSON")
+    launch.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="training config (run.yaml: max_epochs: 30 ...) or a whole Dagster run config "
+        "(ops: {trained_model: {config: {...}}}, resources: ...), YAML or JSON",
+    )
     launch.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="run tag (repeatable)")
     launch.add_argument("--wait", action="store_true", help="follow the run; exit 1 unless it succeeds")
     _add_poll(launch)
@@ -80,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
         return 0
     except KeyboardInterrupt:
-        print("sam3lite trigger: stopped following; the run goes on (`sam3lite trigger cancel RUN` stops it)",
-              file=sys.stderr)
+        print(
+            "sam3lite trigger: stopped following; the run goes on (`sam3lite trigger cancel RUN` stops it)",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -122,7 +131,12 @@ def _cancel(client: TriggerClient, args: argparse.Namespace) -> int:
 
 
 _ACTIONS: dict[str, Callable[[TriggerClient, argparse.Namespace], int]] = {
-    "launch": _launch, "status": _status, "logs": _logs, "result": _result, "list": _list, "cancel": _cancel,
+    "launch": _launch,
+    "status": _status,
+    "logs": _logs,
+    "result": _result,
+    "list": _list,
+    "cancel": _cancel,
 }
 
 
@@ -174,8 +188,10 @@ def _clock(seconds: float | None) -> str:
 
 
 def _run_line(info: RunInfo) -> str:
-    return (f"{info.run_id} {info.status} job={info.job} dataset={info.dataset or '-'} "
-            f"created={_clock(info.created)} started={_clock(info.started)} ended={_clock(info.ended)}")
+    return (
+        f"{info.run_id} {info.status} job={info.job} dataset={info.dataset or '-'} "
+        f"created={_clock(info.created)} started={_clock(info.started)} ended={_clock(info.ended)}"
+    )
 
 
 def _event_line(event: LogEvent) -> str:

@@ -19,7 +19,14 @@ from typing import Any
 import requests
 
 from sam3lite_pipeline.trigger.documents import (
-    ADD_DYNAMIC_PARTITION, LAUNCH_RUN, LIST_RUNS, RUN_LOGS, RUN_OUTCOME_EVENTS, RUN_RESULT, RUN_STATUS, TERMINATE_RUN,
+    ADD_DYNAMIC_PARTITION,
+    LAUNCH_RUN,
+    LIST_RUNS,
+    RUN_LOGS,
+    RUN_OUTCOME_EVENTS,
+    RUN_RESULT,
+    RUN_STATUS,
+    TERMINATE_RUN,
 )
 
 PARTITION_TAG = "dagster/partition"
@@ -102,9 +109,16 @@ class TriggerClient:
     included (e.g. http://127.0.0.1:3000 or https://host/dagster); `timeout` is per HTTP request in seconds;
     `headers` go with every request (e.g. the credentials of an authenticating proxy)."""
 
-    def __init__(self, url: str, location: str = "sam3lite", repository: str = "__repository__",
-                 timeout: float = 30.0, headers: Mapping[str, str] | None = None, job: str = "retrain",
-                 partitions_def: str = "datasets"):
+    def __init__(
+        self,
+        url: str,
+        location: str = "sam3lite",
+        repository: str = "__repository__",
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        job: str = "retrain",
+        partitions_def: str = "datasets",
+    ):
         self.url = url.rstrip("/")
         self.repository_selector = {"repositoryLocationName": location, "repositoryName": repository}
         self.timeout = timeout
@@ -115,28 +129,42 @@ class TriggerClient:
 
     def add_dataset(self, dataset: str) -> bool:
         """Register `dataset` as a partition; False when it already was one."""
-        answer = self._execute(ADD_DYNAMIC_PARTITION, {
-            "partitionKey": dataset, "partitionsDefName": self.partitions_def,
-            "repositorySelector": self.repository_selector,
-        })["addDynamicPartition"]
+        answer = self._execute(
+            ADD_DYNAMIC_PARTITION,
+            {
+                "partitionKey": dataset,
+                "partitionsDefName": self.partitions_def,
+                "repositorySelector": self.repository_selector,
+            },
+        )["addDynamicPartition"]
         if answer["__typename"] == "DuplicateDynamicPartitionError":
             return False
-        _raise_unless(answer, "AddDynamicPartitionSuccess", f"cannot add dataset {dataset!r} to partitions "
-                      f"{self.partitions_def!r} of location {self.repository_selector['repositoryLocationName']!r}")
+        _raise_unless(
+            answer,
+            "AddDynamicPartitionSuccess",
+            f"cannot add dataset {dataset!r} to partitions "
+            f"{self.partitions_def!r} of location {self.repository_selector['repositoryLocationName']!r}",
+        )
         return True
 
-    def launch(self, dataset: str, run_config: Mapping[str, Any] | None = None,
-               tags: Mapping[str, str] | None = None) -> str:
+    def launch(
+        self, dataset: str, run_config: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
         """Launch the job on partition `dataset` and return the run id. `run_config` is Dagster run config,
         e.g. {"ops": {"trained_model": {"config": {...}}}}."""
         # A partition key the instance does not know is accepted at launch and fails the run seconds later.
         self.add_dataset(dataset)
         all_tags = {**(tags or {}), PARTITION_TAG: dataset}
-        answer = self._execute(LAUNCH_RUN, {"executionParams": {
-            "selector": {**self.repository_selector, "jobName": self.job},
-            "runConfigData": dict(run_config or {}),
-            "executionMetadata": {"tags": [{"key": k, "value": str(v)} for k, v in all_tags.items()]},
-        }})["launchRun"]
+        answer = self._execute(
+            LAUNCH_RUN,
+            {
+                "executionParams": {
+                    "selector": {**self.repository_selector, "jobName": self.job},
+                    "runConfigData": dict(run_config or {}),
+                    "executionMetadata": {"tags": [{"key": k, "value": str(v)} for k, v in all_tags.items()]},
+                }
+            },
+        )["launchRun"]
         _raise_unless(answer, "LaunchRunSuccess", f"cannot launch job {self.job!r} on dataset {dataset!r}")
         return answer["run"]["runId"]
 
@@ -190,8 +218,14 @@ class TriggerClient:
             for event in page["events"]:
                 if event["__typename"] == "AssetCheckEvaluationEvent":
                     e = event["evaluation"]
-                    gate = Gate("/".join(e["assetKey"]["path"]), e["checkName"], e["success"], e["severity"],
-                                e["description"], _metadata(e["metadataEntries"]))
+                    gate = Gate(
+                        "/".join(e["assetKey"]["path"]),
+                        e["checkName"],
+                        e["success"],
+                        e["severity"],
+                        e["description"],
+                        _metadata(e["metadataEntries"]),
+                    )
                     evaluated[(gate.asset, gate.check)] = gate
                 elif event["__typename"] == "ExecutionStepFailureEvent" and event["error"]:
                     error = event["error"]
@@ -206,8 +240,15 @@ class TriggerClient:
         for m in materializations:
             metrics.update({k: v for k, v in m.metadata.items() if _is_number(v)})
             checkpoint = m.metadata.get("checkpoint", checkpoint)
-        return RunResult(_run_info(run), checkpoint, any(m.asset == ACTIVATION_ASSET for m in materializations),
-                         metrics, gates, materializations, errors)
+        return RunResult(
+            _run_info(run),
+            checkpoint,
+            any(m.asset == ACTIVATION_ASSET for m in materializations),
+            metrics,
+            gates,
+            materializations,
+            errors,
+        )
 
     def list_runs(self, dataset: str | None = None, limit: int = 20) -> list[RunInfo]:
         """The newest runs of this location's job first, optionally only those of one dataset."""
@@ -237,13 +278,15 @@ class TriggerClient:
     def _execute(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
         endpoint = f"{self.url}/graphql"
         try:
-            response = self._session.post(endpoint, json={"query": document, "variables": variables},
-                                          timeout=self.timeout)
+            response = self._session.post(
+                endpoint, json={"query": document, "variables": variables}, timeout=self.timeout
+            )
         except requests.Timeout:
             raise TriggerError(f"{endpoint} did not answer within {self.timeout:g} s", "Timeout") from None
         except requests.RequestException as exc:
-            raise TriggerError(f"cannot reach the Dagster webserver at {self.url}: {_reason(exc)}",
-                               "ConnectionError") from None
+            raise TriggerError(
+                f"cannot reach the Dagster webserver at {self.url}: {_reason(exc)}", "ConnectionError"
+            ) from None
         try:
             body = response.json()
         except ValueError:
@@ -253,8 +296,11 @@ class TriggerClient:
             messages = "; ".join(error.get("message", str(error)) for error in body["errors"])
             raise TriggerError(f"{endpoint} rejected the request: {messages}", "GraphQLError")
         if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-            raise TriggerError(f"{endpoint} answered HTTP {response.status_code} without GraphQL data; is the URL "
-                               "a Dagster webserver, path prefix included?", "HTTPError")
+            raise TriggerError(
+                f"{endpoint} answered HTTP {response.status_code} without GraphQL data; is the URL "
+                "a Dagster webserver, path prefix included?",
+                "HTTPError",
+            )
         return body["data"]
 
 
@@ -292,14 +338,29 @@ def _reason(exc: BaseException) -> str:
 
 def _run_info(run: dict[str, Any]) -> RunInfo:
     tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-    return RunInfo(run["runId"], run["status"], run["jobName"], tags.get(PARTITION_TAG), run["creationTime"],
-                   run["startTime"], run["endTime"], tags)
+    return RunInfo(
+        run["runId"],
+        run["status"],
+        run["jobName"],
+        tags.get(PARTITION_TAG),
+        run["creationTime"],
+        run["startTime"],
+        run["endTime"],
+        tags,
+    )
 
 
 def _log_event(event: dict[str, Any]) -> LogEvent:
     error = (event.get("error") or {}).get("message")
-    return LogEvent(event["__typename"], event["eventType"], event["level"], event["message"], event["stepKey"],
-                    int(event["timestamp"]) / 1000, error.strip() if error else None)
+    return LogEvent(
+        event["__typename"],
+        event["eventType"],
+        event["level"],
+        event["message"],
+        event["stepKey"],
+        int(event["timestamp"]) / 1000,
+        error.strip() if error else None,
+    )
 
 
 def _metadata(entries: list[dict[str, Any]]) -> dict[str, Any]:

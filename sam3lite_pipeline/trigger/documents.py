@@ -55,7 +55,8 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
 }
 """
 
-RUN_STATUS = """
+RUN_STATUS = (
+    """
 query RunStatus($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
@@ -63,9 +64,12 @@ query RunStatus($runId: ID!) {
     ... on Error { message }
   }
 }
-""" + _RUN_FIELDS
+"""
+    + _RUN_FIELDS
+)
 
-RUN_RESULT = """
+RUN_RESULT = (
+    """
 query RunResult($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
@@ -77,7 +81,10 @@ query RunResult($runId: ID!) {
     ... on Error { message }
   }
 }
-""" + _RUN_FIELDS + _METADATA_FIELDS
+"""
+    + _RUN_FIELDS
+    + _METADATA_FIELDS
+)
 
 RUN_LOGS = """
 query RunLogs($runId: ID!, $afterCursor: String, $limit: Int) {
@@ -98,7 +105,8 @@ query RunLogs($runId: ID!, $afterCursor: String, $limit: Int) {
 
 # Only what `result` needs from the event log: check evaluations (no other query ties them to one run) and the
 # failures that explain a run that did not succeed.
-RUN_OUTCOME_EVENTS = """
+RUN_OUTCOME_EVENTS = (
+    """
 query RunOutcomeEvents($runId: ID!, $afterCursor: String, $limit: Int) {
   logsForRun(runId: $runId, afterCursor: $afterCursor, limit: $limit) {
     __typename
@@ -119,9 +127,12 @@ query RunOutcomeEvents($runId: ID!, $afterCursor: String, $limit: Int) {
     ... on Error { message }
   }
 }
-""" + _METADATA_FIELDS
+"""
+    + _METADATA_FIELDS
+)
 
-LIST_RUNS = """
+LIST_RUNS = (
+    """
 query ListRuns($filter: RunsFilter, $limit: Int) {
   runsOrError(filter: $filter, limit: $limit) {
     __typename
@@ -129,9 +140,12 @@ query ListRuns($filter: RunsFilter, $limit: Int) {
     ... on Error { message }
   }
 }
-""" + _RUN_FIELDS
+"""
+    + _RUN_FIELDS
+)
 
-TERMINATE_RUN = """
+TERMINATE_RUN = (
+    """
 mutation TerminateRun($runId: String!) {
   terminateRun(runId: $runId) {
     __typename
@@ -140,10 +154,17 @@ mutation TerminateRun($runId: String!) {
     ... on Error { message }
   }
 }
-""" + _RUN_FIELDS
+"""
+    + _RUN_FIELDS
+)
 
 DOCUMENTS = {
-    "AddDynamicPartition": ADD_DYNAMIC_PARTITION, "LaunchRun": LAUNCH_RUN, "RunStatus": RUN_STATUS,
-    "RunResult": RUN_RESULT, "RunLogs": RUN_LOGS, "RunOutcomeEvents": RUN_OUTCOME_EVENTS, "ListRuns": LIST_RUNS,
+    "AddDynamicPartition": ADD_DYNAMIC_PARTITION,
+    "LaunchRun": LAUNCH_RUN,
+    "RunStatus": RUN_STATUS,
+    "RunResult": RUN_RESULT,
+    "RunLogs": RUN_LOGS,
+    "RunOutcomeEvents": RUN_OUTCOME_EVENTS,
+    "ListRuns": LIST_RUNS,
     "TerminateRun": TERMINATE_RUN,
 }
