@@ -121,40 +121,12 @@ def activation_target(
     checkpoint asked for ("manual", no gates), else the latest evaluation's candidate when it passed the gates.
     The label defaults to the run folder's name; the entry's file must exist."""
     if rollback:
-        target = history.rollback_target(dataset_id)
-        if target is None:
-            raise GateRefused(f"dataset {dataset_id!r} has no previous incumbent to roll back to")
-        entry = Activation(
-            dataset=dataset_id,
-            action="rollback",
-            checkpoint=target.checkpoint,
-            label=target.label,
-            metric=target.metric,
-            value=target.value,
-            metrics=target.metrics,
-            val_set=target.val_set,
-        )
+        entry = _rollback_entry(dataset_id, history)
     elif checkpoint:
         path = Path(checkpoint).resolve()
         entry = Activation(dataset=dataset_id, action="manual", checkpoint=str(path), label=path.parent.parent.name)
     else:
-        ev = latest_evaluation()
-        if not ev.get("gates_passed"):
-            raise GateRefused(
-                "the latest evaluation of this dataset did not pass the gates (see its checks); "
-                "activate a checkpoint explicitly (config checkpoint) to override"
-            )
-        path = Path(ev["checkpoint"])
-        entry = Activation(
-            dataset=dataset_id,
-            action="activate",
-            checkpoint=str(path),
-            label=path.parent.parent.name,
-            metric=ev["gate_metric"],
-            value=ev["candidate_value"],
-            val_set=ev["val_set"],
-            metrics={name: ev[name] for name in STAT_NAMES},
-        )
+        entry = _gated_entry(dataset_id, latest_evaluation())
     incumbent = history.incumbent(dataset_id)
     entry = entry.model_copy(
         update={
@@ -166,3 +138,40 @@ def activation_target(
     if not Path(entry.checkpoint).is_file():
         raise GateRefused(f"checkpoint {entry.checkpoint} does not exist")
     return entry
+
+
+def _rollback_entry(dataset_id: str, history: History) -> Activation:
+    """The dataset's previous incumbent, as a rollback entry."""
+    target = history.rollback_target(dataset_id)
+    if target is None:
+        raise GateRefused(f"dataset {dataset_id!r} has no previous incumbent to roll back to")
+    return Activation(
+        dataset=dataset_id,
+        action="rollback",
+        checkpoint=target.checkpoint,
+        label=target.label,
+        metric=target.metric,
+        value=target.value,
+        metrics=target.metrics,
+        val_set=target.val_set,
+    )
+
+
+def _gated_entry(dataset_id: str, evaluation: Mapping[str, Any]) -> Activation:
+    """The candidate of the latest evaluation (its metadata), when it passed the gates."""
+    if not evaluation.get("gates_passed"):
+        raise GateRefused(
+            "the latest evaluation of this dataset did not pass the gates (see its checks); "
+            "activate a checkpoint explicitly (config checkpoint) to override"
+        )
+    path = Path(evaluation["checkpoint"])
+    return Activation(
+        dataset=dataset_id,
+        action="activate",
+        checkpoint=str(path),
+        label=path.parent.parent.name,
+        metric=evaluation["gate_metric"],
+        value=evaluation["candidate_value"],
+        val_set=evaluation["val_set"],
+        metrics={name: evaluation[name] for name in STAT_NAMES},
+    )

@@ -150,21 +150,10 @@ class BoxDecoder(nn.Module):
         reference = anchors
         presence = self.presence_token.weight.unsqueeze(1).expand(1, num_q, -1)
         all_hs, all_boxes, all_presence = [], [], []
+        shared = (memory, memory_pos, prompt, prompt_mask, num_independent)
         for layer in self.layers:
             query_pos = self.ref_point_head(self._anchor_embedding(anchors))
-            args = (
-                layer,
-                anchors,
-                feat_size,
-                tgt,
-                query_pos,
-                presence,
-                memory,
-                memory_pos,
-                prompt,
-                prompt_mask,
-                num_independent,
-            )
+            args = (layer, anchors, feat_size, tgt, query_pos, presence, *shared)
             if self.activation_checkpointing and self.training:
                 tgt, presence = checkpoint(self._layer_with_rpb, *args, use_reentrant=False)
             else:

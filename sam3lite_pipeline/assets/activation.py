@@ -74,33 +74,46 @@ def active_checkpoint(
         f"activated {entry.checkpoint} for {dataset_id} ({entry.action}); confirmed by an inference "
         f"in {confirmed.latency_s:.2f} s with {confirmed.detections} detection(s) for {prompt!r}"
     )
+    metadata = _activation_metadata(entry, backend, previous_active, history.entries(dataset_id), gates)
     yield dg.MaterializeResult(
-        metadata={
-            "checkpoint": dg.MetadataValue.path(entry.checkpoint),
-            "label": entry.label,
-            "action": entry.action,
-            "backend": backend.mode,
-            "previous_incumbent": entry.previous or "none",
-            "previously_active": _checkpoint_of(previous_active),
-            "metric": entry.metric or "",
-            "value": entry.value if entry.value is not None else float("nan"),
-            "history": dg.MetadataValue.md(history_table(history.entries(dataset_id), gates.metric)),
-        },
+        metadata=metadata,
         data_version=dg.DataVersion(f"{entry.action}-{entry.label}-{entry.at}"),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="inference_confirmed",
-                passed=True,
-                metadata={
-                    "active_id": confirmed.active_id,
-                    "detections": confirmed.detections,
-                    "top_score": confirmed.top_score if confirmed.top_score is not None else float("nan"),
-                    "latency_s": round(confirmed.latency_s, 3),
-                    "prompt": prompt,
-                    "image": dg.MetadataValue.path(str(image)),
-                },
-            )
-        ],
+        check_results=[_confirmed_check(confirmed, prompt, image)],
+    )
+
+
+def _activation_metadata(
+    entry: Activation,
+    backend: Backend,
+    previous_active: ActiveModel | None,
+    entries: list[Activation],
+    gates: Gates,
+) -> dict[str, Any]:
+    return {
+        "checkpoint": dg.MetadataValue.path(entry.checkpoint),
+        "label": entry.label,
+        "action": entry.action,
+        "backend": backend.mode,
+        "previous_incumbent": entry.previous or "none",
+        "previously_active": _checkpoint_of(previous_active),
+        "metric": entry.metric or "",
+        "value": entry.value if entry.value is not None else float("nan"),
+        "history": dg.MetadataValue.md(history_table(entries, gates.metric)),
+    }
+
+
+def _confirmed_check(confirmed: Confirmation, prompt: str, image: Path) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="inference_confirmed",
+        passed=True,
+        metadata={
+            "active_id": confirmed.active_id,
+            "detections": confirmed.detections,
+            "top_score": confirmed.top_score if confirmed.top_score is not None else float("nan"),
+            "latency_s": round(confirmed.latency_s, 3),
+            "prompt": prompt,
+            "image": dg.MetadataValue.path(str(image)),
+        },
     )
 
 
