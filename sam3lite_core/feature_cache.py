@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from sam3lite_core.cache_budget import CacheBudget
 from sam3lite_core.model.sam3lite import ImageFeatures
 
 # sam3 at 1008 px: features [1, 256, 72, 72] fp32 = 5.3 MB per image or window (pos is a view of one shared table).
@@ -16,14 +17,16 @@ DEFAULT_CACHED_FEATURES = 16
 
 class ImageFeatureCache:
     """The ImageFeatures of the last images, least recently used evicted once they hold more than `capacity`
-    images (a tiled image counts one per window; the newest entry is always kept).
+    images (a tiled image counts one per window), or, with a `budget`, once the caches sharing it hold more
+    bytes than it allows; the newest entry is always kept.
 
     Valid for one model with fixed weights, device and precision (a Predictor owns one). Not thread-safe: one
     call at a time per model (the service holds the model's lock around every call).
     """
 
-    def __init__(self, capacity: int = DEFAULT_CACHED_FEATURES) -> None:
+    def __init__(self, capacity: int = DEFAULT_CACHED_FEATURES, budget: CacheBudget | None = None) -> None:
         self.capacity = capacity
+        self.budget = budget
         self._entries: OrderedDict[Hashable, ImageFeatures] = OrderedDict()
 
     def __len__(self) -> int:
@@ -33,7 +36,8 @@ class ImageFeatureCache:
         return key in self._entries
 
     def clear(self) -> None:
-        self._entries.clear()
+        while self._entries:
+            self._evict_oldest()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], ImageFeatures]) -> ImageFeatures:
         """The cached features for `key`, or `compute()`'s, cached."""
@@ -44,6 +48,21 @@ class ImageFeatureCache:
         features = compute()
         if self.capacity > 0:
             self._entries[key] = features
-            while len(self._entries) > 1 and sum(len(f.features) for f in self._entries.values()) > self.capacity:
-                self._entries.popitem(last=False)
+            if self.budget is not None:
+                self.budget.charge(_nbytes(features))
+            while len(self._entries) > 1 and (self._images() > self.capacity or (self.budget and self.budget.over)):
+                self._evict_oldest()
         return features
+
+    def _images(self) -> int:
+        return sum(len(f.features) for f in self._entries.values())
+
+    def _evict_oldest(self) -> None:
+        _, features = self._entries.popitem(last=False)
+        if self.budget is not None:
+            self.budget.release(_nbytes(features))
+
+
+def _nbytes(features: ImageFeatures) -> int:
+    """What an entry holds: its features (pos is a view of one table the model keeps anyway)."""
+    return features.features.nelement() * features.features.element_size()

@@ -22,6 +22,7 @@ import torch
 from torchvision.ops import nms
 
 from sam3lite_core.box_ops import box_xyxy_to_cxcywh
+from sam3lite_core.cache_budget import CacheBudget
 from sam3lite_core.data.decode import decode_rgb, pil_to_rgb
 from sam3lite_core.feature_cache import DEFAULT_CACHED_FEATURES, ImageFeatureCache
 from sam3lite_core.inference import ImageLike, PromptLike, detect, encode_images, preprocess_image
@@ -141,21 +142,33 @@ class Predictor:
     """A detector in eval mode on one device, with its inference precision, keeping the image features of the
     last `cached_images` images (a tiled image counts one per window)."""
 
-    def __init__(self, model: Sam3Lite, precision: str = "fp32", cached_images: int = DEFAULT_CACHED_FEATURES) -> None:
+    def __init__(
+        self,
+        model: Sam3Lite,
+        precision: str = "fp32",
+        cached_images: int = DEFAULT_CACHED_FEATURES,
+        cache_budget: CacheBudget | None = None,
+    ) -> None:
         amp_of_precision(precision)  # refuses an unknown precision here, not at the first forward
         self.model = model.eval()
         self.model.freeze_text_encoder(True)  # repeated prompts then reuse their cached text features
         self.precision = precision
-        self.features = ImageFeatureCache(cached_images)
+        self.features = ImageFeatureCache(cached_images, cache_budget)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", precision: str = "fp32") -> "Predictor":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        precision: str = "fp32",
+        cache_budget: CacheBudget | None = None,
+    ) -> "Predictor":
         """Load one of our checkpoints (its saved config; EMA weights when present) or an upstream sam3.pt
         (sam3 preset) from a local file. Raises ValueError / FileNotFoundError for anything else."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} is not a file (only local checkpoint files are loaded)")
-        return cls(load_model(path, device=device), precision=precision)
+        return cls(load_model(path, device=device), precision=precision, cache_budget=cache_budget)
 
     def predict(
         self,

@@ -18,8 +18,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class Server:
     """`sam3lite serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, runs: Path, base_checkpoint: Path | None = None, token: str | None = TOKEN) -> None:
-        """`token` None: no activation token (the backend's UI sends none)."""
+    def __init__(
+        self, runs: Path, base_checkpoint: Path | None = None, token: str | None = TOKEN, args: tuple[str, ...] = ()
+    ) -> None:
+        """`token` None: no activation token (the backend's UI sends none); `args`: more `sam3lite serve` options."""
         self.url = ""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -47,6 +49,7 @@ class Server:
                     "--max-upload-mb",
                     "0.25",
                     *base,
+                    *args,
                 ],
                 env=env,
                 stdout=log,

@@ -43,7 +43,7 @@ CORE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("box_ops", "batch", "tokenizer", "model", "precision", "distributed"),
     ("data",),
     ("weights",),
-    ("eval", "inference", "predictor", "tiling", "feature_cache"),
+    ("eval", "inference", "predictor", "tiling", "feature_cache", "cache_budget"),
     ("train",),
     ("serve",),
     ("commands", "cli"),

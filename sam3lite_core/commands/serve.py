@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from sam3lite_core.cache_budget import DEFAULT_CACHE_BYTES
 from sam3lite_core.commands.errors import explain_errors
 
 
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100.0,
         help="largest accepted image (MiB; default 100, the backend's limit)",
     )
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=DEFAULT_CACHE_BYTES / 2**20,
+        help="memory for decoded images and image features together (MiB; default 1024): bounds the service's "
+        "memory whatever the requests",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,12 +56,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if not args.cache_mb >= 0:
+        raise ValueError(f"--cache-mb must be >= 0, got {args.cache_mb}")
     app = create_app(
         args.runs_root,
         base_checkpoint=args.base_checkpoint,
         device=str(pick_device(args.device)),
         precision=args.precision,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
+        cache_bytes=int(args.cache_mb * 2**20),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

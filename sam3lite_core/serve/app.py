@@ -22,13 +22,17 @@ from __future__ import annotations
 import hmac
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from torchvision.ops import box_iou
 
+from sam3lite_core.cache_budget import DEFAULT_CACHE_BYTES, CacheBudget
 from sam3lite_core.inference import PromptLike
 from sam3lite_core.predictor import Detection as Predicted
 from sam3lite_core.serve.errors import ServiceError, check_variant
@@ -57,6 +61,7 @@ VISUAL_TEXT = "visual"  # upstream's text for a prompt made of exemplar boxes on
 SEED_IOU = 0.9  # a detection this close to a positive exemplar is the exemplar itself (the backend drops it)
 SOURCE = "sam3_text"  # the backend's `source` for every SAM3 prompt detection, visual ones included
 NO_MODEL_LOADED = "no model is active: activate one with POST /sam3/models/activate"
+ECHO_LIMIT = 200  # characters of a refused field's value that a 422 answer repeats
 
 
 def create_app(
@@ -67,20 +72,36 @@ def create_app(
     precision: str = "fp32",
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> FastAPI:
     """The app over `runs_root` (activatable checkpoints and the pointer file). `token` (default: env
-    SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation."""
+    SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation. Decoded images
+    and image features share `cache_bytes`."""
+    budget = CacheBudget(cache_bytes)
     state = ModelState(
         Path(runs_root),
         base_checkpoint=Path(base_checkpoint) if base_checkpoint else None,
         device=device,
         precision=precision,
+        cache_budget=budget,
     )
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    images = ImageCache(max_upload_bytes=max_upload_bytes)
+    images = ImageCache(budget, max_upload_bytes=max_upload_bytes)
     app = FastAPI(title="sam3lite", description="box-only SAM3 inference, backend-compatible")
     app.state.models = state
     app.add_middleware(BodyLimit, limit=body_limit(max_upload_bytes))
+
+    _error_answers(app)
+    app.include_router(_model_routes(state, token))
+    app.include_router(_prompt_routes(state, images))
+    app.include_router(system_routes(state, images))
+    return app
+
+
+def _error_answers(app: FastAPI) -> None:
+    """A refused request gets the backend's shapes: a ServiceError its code and sentence, another ValueError a
+    400 with its sentence, a validation error FastAPI's 422 list, but never the input back when it is large (a
+    40 MB field would otherwise come back whole)."""
 
     @app.exception_handler(ValueError)
     async def user_error(request: Request, exc: ValueError) -> JSONResponse:
@@ -88,10 +109,20 @@ def create_app(
             return JSONResponse(exc.body(), status_code=exc.status)
         return JSONResponse({"detail": str(exc), "message": str(exc)}, status_code=400)
 
-    app.include_router(_model_routes(state, token))
-    app.include_router(_prompt_routes(state, images))
-    app.include_router(system_routes(state, images))
-    return app
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_brief(error) for error in exc.errors()]}, status_code=422)
+
+
+def _brief(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error as FastAPI reports it (type, loc, msg, input), its input kept only when short."""
+    brief = {key: error[key] for key in ("type", "loc", "msg") if key in error}
+    value = error.get("input")
+    text = value if isinstance(value, str) else repr(value)
+    brief["input"] = (
+        jsonable_encoder(value) if len(text) <= ECHO_LIMIT else f"<{type(value).__name__} of {len(text)} characters>"
+    )
+    return brief
 
 
 def _model_routes(state: ModelState, token: str | None) -> APIRouter:

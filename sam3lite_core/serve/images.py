@@ -13,12 +13,12 @@ from collections import OrderedDict
 
 import numpy as np
 
+from sam3lite_core.cache_budget import CacheBudget
 from sam3lite_core.data.decode import ImageDecodeError, ImageTooLarge, decode_rgb
 from sam3lite_core.predictor import image_token
 from sam3lite_core.serve.errors import ServiceError
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 2**20  # the backend's IMAGE_MAX_BYTES
-DEFAULT_CACHED_IMAGES = 64
 
 
 class ImageError(ServiceError):
@@ -44,10 +44,12 @@ def decode_base64_image(data: str, max_bytes: int) -> np.ndarray:
 
 
 class ImageCache:
-    """The last `capacity` decoded images by token (least recently used evicted); thread-safe."""
+    """Decoded images by token, least recently used evicted while the caches sharing `budget` hold more bytes than
+    it allows (the newest image is always kept); thread-safe."""
 
-    def __init__(self, capacity: int = DEFAULT_CACHED_IMAGES, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-        self.capacity, self.max_upload_bytes = capacity, max_upload_bytes
+    def __init__(self, budget: CacheBudget | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+        self.budget = budget or CacheBudget()
+        self.max_upload_bytes = max_upload_bytes
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -57,10 +59,12 @@ class ImageCache:
             pixels = decode_base64_image(image_base64, self.max_upload_bytes)
             token = image_token(pixels)
             with self._lock:
-                self._images[token] = pixels
+                if token not in self._images:
+                    self._images[token] = pixels
+                    self.budget.charge(pixels.nbytes)
                 self._images.move_to_end(token)
-                while len(self._images) > self.capacity:
-                    self._images.popitem(last=False)
+                while len(self._images) > 1 and self.budget.over:
+                    self.budget.release(self._images.popitem(last=False)[1].nbytes)
             return pixels, token
         with self._lock:
             pixels = self._images.get(token or "")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from sam3lite_core.cache_budget import CacheBudget
 from sam3lite_core.predictor import Predictor
 from sam3lite_core.serve.errors import ServiceError
 from sam3lite_core.serve.schemas import ActiveModel
@@ -88,8 +89,10 @@ class ModelState:
         pointer: Path | None = None,
         device: str = "cpu",
         precision: str = "fp32",
+        cache_budget: CacheBudget | None = None,
     ) -> None:
         self.runs_root = runs_root.resolve()
+        self.cache_budget = cache_budget
         self.base_checkpoint = base_checkpoint
         self.pointer = pointer or self.runs_root / POINTER_NAME
         self.device, self.precision = device, precision
@@ -122,10 +125,10 @@ class ModelState:
         with self._load_lock:
             predictor = self._load(path)
             with self._swap_lock:
-                self._serving = Serving(active, predictor)
+                old, self._serving = self._serving, Serving(active, predictor)
                 write_pointer(self.pointer, active)
                 self._stamp = self._stat()
-        self._release_replaced()
+        self._release_replaced(old)
         log.info("activated %s (%s)", active.id, active.checkpoint)
         return active
 
@@ -148,10 +151,10 @@ class ModelState:
                     log.error("the base weights do not load either (%s); no model is active", exc)
                     fallback = NO_MODEL
             with self._swap_lock:
-                self._serving = Serving(fallback, predictor)
+                old, self._serving = self._serving, Serving(fallback, predictor)
                 write_pointer(self.pointer, fallback)
                 self._stamp = self._stat()
-        self._release_replaced()
+        self._release_replaced(old)
         log.warning(
             "the active checkpoint %s is missing or outside the runs root %s: back to %s",
             active.checkpoint,
@@ -221,20 +224,32 @@ class ModelState:
                     path = self.resolve_checkpoint(active.checkpoint or "")
                 serving = Serving(active, self._load(path) if path is not None else None)
             except (OSError, ValueError) as exc:
-                # A bad pointer must not take the service down: keep serving and do not retry until it changes.
-                log.error("ignoring pointer file %s: %s; the previous model keeps serving", self.pointer, exc)
+                # A bad pointer must not take the service down, nor stay on disk saying what is not served.
+                log.error(
+                    "refused pointer file %s: %s; the previous model keeps serving, and the file says so again",
+                    self.pointer,
+                    exc,
+                )
                 serving = None
             with self._swap_lock:
+                old = self._serving
                 if serving is not None:
-                    self._serving = serving
-                self._stamp = stamp
+                    self._serving, self._stamp = serving, stamp
+                else:
+                    write_pointer(self.pointer, old.active)
+                    self._stamp = self._stat()
         if serving is not None:
-            self._release_replaced()
+            self._release_replaced(old)
 
-    def _release_replaced(self) -> None:
-        """Hand the GPU memory of the model just replaced back to the device: the new one is loaded before the
-        swap, so the caching allocator would otherwise keep two models' worth reserved after every activation.
-        A request still running on the old model keeps it until that request ends."""
+    def _release_replaced(self, old: Serving) -> None:
+        """Give back what the replaced model held: its cached image features (their share of the cache budget),
+        once the requests still running on it are done, and its GPU memory: the new model is loaded before the
+        swap, so the caching allocator would otherwise keep two models' worth reserved after every activation."""
+        if old.predictor is not None:
+            if old.lock.acquire(blocking=False):
+                _drop_features(old, locked=True)
+            else:  # a request still runs on it: drop them when it is done, without making the activation wait
+                threading.Thread(target=_drop_features, args=(old,), daemon=True).start()
         if torch.device(self.device).type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
@@ -249,7 +264,9 @@ class ModelState:
 
     def _load(self, path: Path) -> Predictor:
         try:
-            return Predictor.from_checkpoint(path, device=self.device, precision=self.precision)
+            return Predictor.from_checkpoint(
+                path, device=self.device, precision=self.precision, cache_budget=self.cache_budget
+            )
         except FileNotFoundError as exc:
             raise ActivationError(str(exc), status=404, code="sam3_checkpoint_not_found") from exc
         except ValueError as exc:
@@ -261,3 +278,13 @@ class ModelState:
         return ActiveModel(
             id=label or "Base SAM3", label=label or "Base SAM3", checkpoint=str(self.base_checkpoint), source="env"
         )
+
+
+def _drop_features(serving: Serving, locked: bool = False) -> None:
+    """Clear a replaced model's image features under its lock (already held when `locked`), releasing them."""
+    if not locked:
+        serving.lock.acquire()
+    try:
+        serving.predictor.features.clear()
+    finally:
+        serving.lock.release()
