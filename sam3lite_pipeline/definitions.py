@@ -17,7 +17,6 @@ Every value can also be changed per run in the launchpad (resources: <name>: con
 """
 
 import os
-from pathlib import Path
 
 import dagster as dg
 
@@ -25,15 +24,14 @@ from sam3lite_pipeline.assets.activation import active_checkpoint
 from sam3lite_pipeline.assets.dataset import coco_dataset, staged_dataset
 from sam3lite_pipeline.assets.evaluation import evaluation
 from sam3lite_pipeline.assets.training import trained_model
-from sam3lite_pipeline.jobs import activate, evaluate, retrain
-from sam3lite_pipeline.resources import Backend, Gates, StorageRoots, TrainLauncher
+from sam3lite_pipeline.jobs import activate, convert, evaluate, retrain, train
+from sam3lite_pipeline.resources import Backend, Gates, TrainLauncher, storage_from_env
 from sam3lite_pipeline.schedules import nightly_retrain
 from sam3lite_pipeline.sensors import dataset_sensor
 
 
 def _resources() -> dict[str, dg.ConfigurableResource]:
     env = os.environ
-    home = Path(env.get("SAM3LITE_HOME", "sam3lite_home"))
     backend = Backend(
         mode=env.get("SAM3LITE_BACKEND", "local"),
         url=env.get("SAM3LITE_BACKEND_URL"),
@@ -41,12 +39,7 @@ def _resources() -> dict[str, dg.ConfigurableResource]:
         token=dg.EnvVar("SAM3LITE_BACKEND_TOKEN") if env.get("SAM3LITE_BACKEND_TOKEN") else None,
     )
     return {
-        "storage": StorageRoots(
-            datasets=env.get("SAM3LITE_DATASETS", str(home / "datasets")),
-            cache=env.get("SAM3LITE_CACHE", str(home / "cache")),
-            runs=env.get("SAM3LITE_RUNS", str(home / "runs")),
-            train_defaults=env.get("SAM3LITE_TRAIN_DEFAULTS"),
-        ),
+        "storage": storage_from_env(env),
         "launcher": TrainLauncher(
             nproc_per_node=int(env.get("SAM3LITE_NPROC_PER_NODE", "1")),
             nnodes=int(env.get("SAM3LITE_NNODES", "1")),
@@ -61,7 +54,7 @@ def _resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions(
     assets=[staged_dataset, coco_dataset, trained_model, evaluation, active_checkpoint],
-    jobs=[retrain, evaluate, activate],
+    jobs=[retrain, train, convert, evaluate, activate],
     sensors=[dataset_sensor],
     schedules=[nightly_retrain],
     resources=_resources(),

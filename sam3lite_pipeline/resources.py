@@ -6,6 +6,7 @@ and in GraphQL `runConfigData`; `definitions.py` sets the defaults from the envi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +39,17 @@ class StorageRoots(dg.ConfigurableResource):
     @property
     def train_defaults_file(self) -> Path | None:
         return Path(self.train_defaults).resolve() if self.train_defaults else None
+
+
+def storage_from_env(env: Mapping[str, str]) -> StorageRoots:
+    """The storage roots the code location uses: SAM3LITE_HOME and the per-root overrides (definitions.py)."""
+    home = Path(env.get("SAM3LITE_HOME", "sam3lite_home"))
+    return StorageRoots(
+        datasets=env.get("SAM3LITE_DATASETS", str(home / "datasets")),
+        cache=env.get("SAM3LITE_CACHE", str(home / "cache")),
+        runs=env.get("SAM3LITE_RUNS", str(home / "runs")),
+        train_defaults=env.get("SAM3LITE_TRAIN_DEFAULTS"),
+    )
 
 
 class TrainLauncher(dg.ConfigurableResource):

@@ -25,8 +25,12 @@ DATASET_CONFIG = "sam3lite.yaml"
 # Where the run goes and what it reads: the pipeline decides, not a config layer.
 PIPELINE_OWNED = ("dataset", "runs_root", "run_name", "resume", "cache_dir")
 # The train/val split: `coco_dataset` converts with it before training, so training and evaluation see the same
-# val set; settable in the defaults file and the dataset's sam3lite.yaml, not in trained_model's run config.
+# val set; settable in the defaults file, the dataset's sam3lite.yaml and coco_dataset's run config, not in
+# trained_model's.
 SPLIT_FIELDS = ("val_percent", "split_seed")
+# A run's folder name: the tag trained_model puts on its Dagster run, and what a run config may choose.
+RUN_NAME_TAG = "sam3lite/run_name"
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 def _dagster_type(name: str, annotation: Any) -> Any:
@@ -60,6 +64,14 @@ TrainingConfig = create_model(
     __base__=dg.Config,
     __doc__="Training tunables for this run; unset fields come from the dataset's sam3lite.yaml, then the "
     "pipeline defaults, then TrainConfig's defaults.",
+    run_name=(
+        str | None,
+        Field(
+            default=None,
+            pattern=RUN_NAME_PATTERN,
+            description="the run folder's name under the runs root (must not exist); default <dataset>-<time>",
+        ),
+    ),
     **_config_fields(),
 )
 

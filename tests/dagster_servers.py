@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +31,7 @@ import dagster as dg
 import requests
 import yaml
 
-# The child resets both signals, then becomes the server (argv[1:]); no preexec_fn, which is unsafe with threads.
-_EXEC_WITH_DEFAULT_SIGNALS = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-)
+from sam3lite_pipeline.api.stack import group_members, start
 
 _WORKSPACE_STATUS = """
 query WorkspaceStatus {
@@ -116,12 +111,12 @@ def dagster_server(
     server = DagsterServer(f"http://127.0.0.1:{port}", home, location, home / "webserver.log")
     started: list[subprocess.Popen] = []
     try:
-        webserver = _start(
+        webserver = start(
             ["dagster-webserver", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)], child_env, server.log_path
         )
         started.append(webserver)
         if daemon:
-            started.append(_start(["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log"))
+            started.append(start(["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log"))
         _wait_until_loaded(server, webserver, start_timeout_s)
         yield server
     finally:
@@ -132,19 +127,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    script = Path(sys.executable).parent / argv[0]  # the console script of this environment, not one on PATH
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, str(script), *argv[1:]],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
 
 
 def _stop_groups(procs: list[subprocess.Popen], timeout_s: float) -> None:
@@ -175,23 +157,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            members.append(int(entry))
-    return members
 
 
 def process_alive(pid: int) -> bool:

@@ -67,3 +67,16 @@ def test_resume_mid_epoch_is_bit_identical(work):
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row["phase"] == "train"]
     assert steps == list(range(1, 16))  # rows the cut run wrote after its checkpoint were dropped
     assert any("resumed" in line and "at step 6" in line for line in resumed.logs())
+
+
+def test_metrics_written_by_an_older_version_get_the_current_header(tmp_path):
+    from sam3lite_core.train.run_folder import COLUMNS, RunFolder
+
+    run = RunFolder(tmp_path / "run", is_main=True)
+    run.metrics_csv.write_text("phase,epoch,step,time_s,lr,loss\ntrain,1,1,10.0,0.1,2.5\n")
+    run.append_metrics({"phase": "train", "epoch": 1, "step": 2, "batch": 2, "batches_per_epoch": 4, "loss": 2.0})
+    run.close()
+    with open(run.metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == COLUMNS
+    assert [(r["step"], r["loss"], r["batch"]) for r in rows] == [("1", "2.5", ""), ("2", "2", "2")]

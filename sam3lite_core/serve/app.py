@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from sam3lite_core.serve.listing import model_entries
 from sam3lite_core.serve.schemas import (
     ActivateRequest,
     ActivateResponse,
+    ActiveModel,
     BatchPromptResponse,
     Detection,
     ImageRequest,
@@ -73,10 +75,12 @@ def create_app(
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    on_activate: Callable[[ActiveModel], None] | None = None,
 ) -> FastAPI:
     """The app over `runs_root` (activatable checkpoints and the pointer file). `token` (default: env
     SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation. Decoded images
-    and image features share `cache_bytes`."""
+    and image features share `cache_bytes`. `on_activate` hears of every activation through the API (the
+    pipeline records it in the activation history)."""
     budget = CacheBudget(cache_bytes)
     state = ModelState(
         Path(runs_root),
@@ -92,7 +96,7 @@ def create_app(
     app.add_middleware(BodyLimit, limit=body_limit(max_upload_bytes))
 
     _error_answers(app)
-    app.include_router(_model_routes(state, token))
+    app.include_router(_model_routes(state, token, on_activate))
     app.include_router(_prompt_routes(state, images))
     app.include_router(system_routes(state, images))
     return app
@@ -125,7 +129,7 @@ def _brief(error: dict[str, Any]) -> dict[str, Any]:
     return brief
 
 
-def _model_routes(state: ModelState, token: str | None) -> APIRouter:
+def _model_routes(state: ModelState, token: str | None, on_activate: Callable[[ActiveModel], None] | None) -> APIRouter:
     """GET /health, GET /sam3/models (/available) and POST /sam3/models/activate (needs `token` when set)."""
     router = APIRouter()
 
@@ -145,7 +149,10 @@ def _model_routes(state: ModelState, token: str | None) -> APIRouter:
             raise ServiceError(
                 "activation needs the header 'Authorization: Bearer <SAM3LITE_SERVE_TOKEN>'", 401, code="unauthorized"
             )
-        return ActivateResponse(active=state.activate(body.checkpoint_path, body.label, body.enable_segmentation))
+        active = state.activate(body.checkpoint_path, body.label, body.enable_segmentation)
+        if on_activate is not None:
+            on_activate(active)
+        return ActivateResponse(active=active)
 
     return router
 

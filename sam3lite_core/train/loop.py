@@ -208,10 +208,13 @@ def log_step(c: Components, state: TrainState, out: StepOutput, images_per_s: fl
     """Metric + progress events and a metrics.csv row; the loss is averaged over ranks (a collective)."""
     loss, *terms = [value / c.info.world_size for value in reduce_numbers([out.loss, *out.terms.values()])]
     steps_per_epoch = c.train_data.steps_per_epoch
+    batch = state.micro_batches_done // c.cfg.gradient_accumulation_steps
     row = {
         "phase": "train",
         "epoch": state.epoch + 1,
         "step": state.step,
+        "batch": batch,
+        "batches_per_epoch": steps_per_epoch,
         "time_s": round(time.time(), 3),
         "lr": out.lr,
         "loss": loss,
@@ -220,13 +223,19 @@ def log_step(c: Components, state: TrainState, out: StepOutput, images_per_s: fl
         "images_per_s": images_per_s,
     }
     c.run.append_metrics(row)
-    batch = state.micro_batches_done // c.cfg.gradient_accumulation_steps
+    c.run.write_progress(
+        {
+            "phase": "train",
+            "epoch": state.epoch + 1,
+            "total_epochs": c.cfg.max_epochs,
+            "step": state.step,
+            "total_steps": state.total_steps,
+        }
+    )
     c.emit(
         metric_event(
             {
                 **row,
-                "batch": batch,
-                "batches_per_epoch": steps_per_epoch,
                 "total_epochs": c.cfg.max_epochs,
                 "loss_avg10": sum(state.recent_losses) / len(state.recent_losses),
                 "skipped": out.skipped,

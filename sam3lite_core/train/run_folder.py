@@ -1,9 +1,12 @@
-"""The run folder: `<runs_root>/<run_name>/{config.yaml, checkpoints/, metrics.csv, tensorboard/, plots/,
-result.json, train.log}` (DESIGN.md). Only rank 0 writes; on other ranks every method is a no-op.
+"""The run folder: `<runs_root>/<run_name>/{config.yaml, checkpoints/, metrics.csv, progress.json, tensorboard/,
+plots/, result.json, train.log}` (DESIGN.md). Only rank 0 writes; on other ranks every method is a no-op.
 
-metrics.csv has one row per logged training step (phase "train"), per epoch (phase "epoch": the epoch's mean
-loss) and per validation (phase "val": the 12 COCO stats), with a fixed header. A resumed run first drops the
-rows written after its checkpoint, so the file never holds a step twice.
+metrics.csv has one row per logged training step (phase "train", with its batch of the epoch), per epoch (phase
+"epoch": the epoch's mean loss) and per validation (phase "val": the 12 COCO stats), with a fixed header. A
+resumed run first drops the rows written after its checkpoint, so the file never holds a step twice; a file
+written with an older header is rewritten with the current one before a row is added. progress.json holds where
+the run is now (step of total, or validation batch of total), replaced atomically, for pollers such as the
+backend's training-job API.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import csv
 import json
 import math
 import os
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,13 @@ import yaml
 from sam3lite_core.eval.coco_eval import STAT_NAMES
 
 LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_presence")
+POSITION = ("phase", "epoch", "step", "batch", "batches_per_epoch")  # where a row is, not a scalar to plot
 COLUMNS = (
     "phase",
     "epoch",
     "step",
+    "batch",
+    "batches_per_epoch",
     "time_s",
     "lr",
     "loss",
@@ -76,6 +84,8 @@ class RunFolder:
         if not self.is_main:
             return
         new = not self.metrics_csv.is_file()
+        if not new:
+            self._upgrade_header()
         with open(self.metrics_csv, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
             if new:
@@ -83,15 +93,31 @@ class RunFolder:
             writer.writerow({key: _cell(key, value) for key, value in row.items()})
         self._scalars(row)
 
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        """Where the run is now: phase, epoch, total_epochs, step, total_steps and, while validating, val_step and
+        val_total."""
+        if self.is_main:
+            _atomic_text(self.path / "progress.json", json.dumps({**progress, "time_s": round(time.time(), 3)}))
+
     def truncate_metrics(self, step: int) -> None:
         """Drop rows of steps after `step` (resume: the checkpoint is older than the last rows)."""
         if not self.is_main or not self.metrics_csv.is_file():
             return
+        self._rewrite(lambda row: int(row["step"] or 0) <= step)
+
+    def _upgrade_header(self) -> None:
         with open(self.metrics_csv, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["step"] or 0) <= step]
+            header = next(csv.reader(handle), None)
+        if header is not None and tuple(header) != COLUMNS:
+            self._rewrite(lambda row: True)
+
+    def _rewrite(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """metrics.csv again, with the current header, holding the rows `keep(row)` accepts."""
+        with open(self.metrics_csv, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if keep(row)]
         tmp = self.metrics_csv.with_suffix(".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.metrics_csv)
@@ -103,7 +129,7 @@ class RunFolder:
             self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
         phase, step = row.get("phase"), int(row.get("step", 0))
         for key, value in row.items():
-            if key not in ("phase", "epoch", "step") and isinstance(value, (int, float)) and math.isfinite(value):
+            if key not in POSITION and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tensorboard.add_scalar(f"{phase}/{key}", value, step)
         self._tensorboard.flush()
 

@@ -40,6 +40,9 @@ def _evaluate(c: Components, state: TrainState, epoch: int) -> EvalResult:
         if done == total or done % max(total // 10, 1) == 0:
             message = f"validating epoch {epoch}: {done}/{total}"
             fields = {"phase": "val", "epoch": epoch, "val_step": done, "val_total": total}
+            c.run.write_progress(
+                {**fields, "total_epochs": c.cfg.max_epochs, "step": state.step, "total_steps": state.total_steps}
+            )
             c.emit(progress_event(state.step / state.total_steps, message, **fields))
 
     return evaluate(

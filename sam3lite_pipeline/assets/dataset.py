@@ -4,6 +4,7 @@ with the blocking COCO-validity gate)."""
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from sam3lite_core.data.convert import ConvertSettings, convert_dataset
 from sam3lite_core.data.report import DatasetError
@@ -16,6 +17,13 @@ from sam3lite_pipeline.resources import StorageRoots
 from sam3lite_pipeline.train_settings import split_settings
 
 GROUP = "sam3lite"
+
+
+class SplitConfig(dg.Config):
+    """The train/val split of datasets without a val/ folder; unset = the files' values, then 20 % and seed 42."""
+
+    val_percent: float | None = Field(default=None, ge=0.0, le=0.9, description="share of images put in val")
+    split_seed: int | None = Field(default=None, description="seed of the split")
 
 
 @dg.asset(partitions_def=datasets, group_name=GROUP, kinds={"yolo"})
@@ -65,13 +73,14 @@ def staged_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> 
         )
     ],
 )
-def coco_dataset(context: dg.AssetExecutionContext, storage: StorageRoots) -> dg.MaterializeResult:
+def coco_dataset(context: dg.AssetExecutionContext, config: SplitConfig, storage: StorageRoots) -> dg.MaterializeResult:
     """COCO train/val JSON of the dataset, cached under the cache root by content signature and split settings
-    (an unchanged dataset is a cache hit). The split comes from the defaults file and the dataset's sam3lite.yaml
-    (val_percent, split_seed)."""
+    (an unchanged dataset is a cache hit). The split (val_percent, split_seed) comes from this run config, else
+    the dataset's sam3lite.yaml, else the defaults file."""
     staged = latest_metadata(context, "staged_dataset")
     root = storage.dataset_dir(context.partition_key)
     split = split_settings(storage.train_defaults_file, root)
+    split.update({k: v for k, v in config.model_dump().items() if v is not None})
     settings = ConvertSettings(val_fraction=split.get("val_percent", 0.2), seed=split.get("split_seed", 42))
     try:
         result = convert_dataset(root, storage.cache_dir, settings)

@@ -22,6 +22,7 @@ from sam3lite_pipeline.gates import (
     judge,
     val_set_id,
 )
+from sam3lite_pipeline.jobs import ADVISORY_GATES
 from sam3lite_pipeline.ops.history import History
 from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.records import latest_metadata
@@ -121,19 +122,26 @@ def evaluation(
         "per_class": dg.MetadataValue.md(per_class_table(result)),
     }
     version = dg.DataVersion(f"{val_set}-{Path(candidate).parent.parent.name}")
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=version, check_results=_gate_checks(value, baseline, outcome, gates)
-    )
+    # In a job that activates nothing a failed gate is news, not a failed run (ERROR severity fails the step).
+    severity = dg.AssetCheckSeverity.WARN if context.run.job_name in ADVISORY_GATES else dg.AssetCheckSeverity.ERROR
+    checks = _gate_checks(value, baseline, outcome, gates, severity)
+    return dg.MaterializeResult(metadata=metadata, data_version=version, check_results=checks)
 
 
-def _gate_checks(value: float, baseline: Baseline, outcome: GateOutcome, gates: Gates) -> list[dg.AssetCheckResult]:
+def _gate_checks(
+    value: float, baseline: Baseline, outcome: GateOutcome, gates: Gates, severity: dg.AssetCheckSeverity
+) -> list[dg.AssetCheckResult]:
     return [
         dg.AssetCheckResult(
-            check_name="map_floor", passed=outcome.floor_ok, metadata={gates.metric: value, "floor": gates.map_floor}
+            check_name="map_floor",
+            passed=outcome.floor_ok,
+            severity=severity,
+            metadata={gates.metric: value, "floor": gates.map_floor},
         ),
         dg.AssetCheckResult(
             check_name="no_regression",
             passed=outcome.regression_ok,
+            severity=severity,
             metadata={
                 gates.metric: value,
                 "incumbent": _or_nan(baseline.value),

@@ -17,7 +17,7 @@ from sam3lite_pipeline.partitions import datasets
 from sam3lite_pipeline.records import latest_metadata
 from sam3lite_pipeline.render import epochs_table, plots_markdown
 from sam3lite_pipeline.resources import StorageRoots, TrainLauncher
-from sam3lite_pipeline.train_settings import TrainingConfig, resolve_train_config
+from sam3lite_pipeline.train_settings import RUN_NAME_TAG, TrainingConfig, resolve_train_config
 
 
 @dg.asset(
@@ -42,8 +42,11 @@ def trained_model(
     plots. Config: pipeline defaults < the dataset's sam3lite.yaml < this run config."""
     coco = latest_metadata(context, "coco_dataset")
     dataset_id = context.partition_key
-    run_name = new_run_name(dataset_id, storage.runs_root)
-    config_file = _write_run_config(context, config, storage, launcher, coco, run_name)
+    run_name = config.run_name or new_run_name(dataset_id, storage.runs_root)
+    resume = _resumes(context, storage.runs_root / run_name) if config.run_name else False
+    # Whoever follows the run (the backend's job API, a person in the UI) finds its run folder by this tag.
+    context.instance.add_run_tags(context.run_id, {RUN_NAME_TAG: run_name})
+    config_file = _write_run_config(context, config, storage, launcher, coco, run_name, resume)
     launched = launch_training(
         context,
         launcher,
@@ -81,6 +84,20 @@ def trained_model(
     )
 
 
+def _resumes(context: dg.AssetExecutionContext, run_dir: Path) -> bool:
+    """Whether a run config's run_name continues its folder: only a retry by the instance (a crashed worker, an
+    `up` stopped mid-run) does, from the folder's last.ckpt; otherwise an existing folder is refused."""
+    if not run_dir.exists():
+        return False
+    retry = context.run.tags.get("dagster/parent_run_id") is not None
+    if not retry:
+        raise dg.Failure(f"run folder {run_dir} exists already: choose another run_name")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise dg.Failure(f"{run_dir} was cut off before its first checkpoint: start a new job with another run_name")
+    context.log.info(f"retry of run {context.run.tags['dagster/parent_run_id']}: resuming {run_dir}")
+    return True
+
+
 def _write_run_config(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -88,6 +105,7 @@ def _write_run_config(
     launcher: TrainLauncher,
     coco: dict[str, Any],
     run_name: str,
+    resume: bool,
 ) -> Path:
     """The run's resolved training config as the YAML file the training entry reads. The pipeline owns where
     the run goes, the split coco_dataset converted with, and the process count; dg.Failure for a bad value."""
@@ -97,6 +115,7 @@ def _write_run_config(
         "runs_root": str(storage.runs_root),
         "cache_dir": str(storage.cache_dir),
         "run_name": run_name,
+        "resume": resume,
         "val_percent": coco["val_percent"],
         "split_seed": coco["split_seed"],
         "num_gpus": launcher.nproc_per_node * launcher.nnodes,
@@ -104,7 +123,8 @@ def _write_run_config(
     if launcher.device != "auto":
         owned["device"] = launcher.device
     try:
-        cfg = resolve_train_config(storage.train_defaults_file, dataset_dir, config.model_dump(), owned)
+        tunables = config.model_dump(exclude={"run_name"})
+        cfg = resolve_train_config(storage.train_defaults_file, dataset_dir, tunables, owned)
     except ConfigError as exc:
         raise dg.Failure(f"invalid training configuration:\n{exc}") from None
     config_file = storage.cache_dir / "launch" / f"{run_name}.yaml"
