@@ -1,7 +1,8 @@
-"""`sam3lite up` end to end, driven as the backend's UI drives its own API (ybat.js, the SAM3 training panel):
-list datasets, convert, start a job with the panel's fields, poll it every 1.5 s until it succeeds, activate its
-checkpoint, prompt it. A duplicate run name gets 409; a run its job trains cannot be deleted; a second job is
-cancelled mid-training and leaves no training process. Stopping `up` leaves no process at all."""
+"""`sam3lite up` end to end, driven as the backend's UI drives its own API (ybat.js, the dataset upload and the
+SAM3 training panel): upload the synthetic dataset in the UI's batches of 48, list datasets, convert, start a job
+with the panel's fields, poll it every 1.5 s until it succeeds, activate its checkpoint, prompt it. A duplicate
+run name gets 409; a run its job trains cannot be deleted; a second job is cancelled mid-training and leaves no
+training process. Stopping `up` leaves no process at all."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ import httpx
 import pytest
 from dagster_servers import free_port
 from PIL import Image
-from pipeline_harness import DATASET, stage, training_processes
+from pipeline_harness import DATASET, training_processes
+from upload_client import upload
 
-SAM3LITE_YAML = "preset: tiny\nlr_scale: 1.0\nema_tau: 5.0\nskip_first_val: false\nlog_freq: 1\n"
+from sam3lite_core.data.synth import write_synth
+
+TRAIN_DEFAULTS = "preset: tiny\nlr_scale: 1.0\nema_tau: 5.0\nskip_first_val: false\nlog_freq: 1\n"
+UPLOADED = 60  # images: two batches of 48 and 12, as the UI sends them
 POLL_S = 1.5  # the UI's polling interval
 
 
@@ -57,12 +62,12 @@ def ui_payload(run_name: str, **changed) -> dict:
 class Up:
     """`sam3lite up` in a subprocess (its own session) on free loopback ports."""
 
-    def __init__(self, home: Path, mark: str) -> None:
+    def __init__(self, home: Path, mark: str, env: dict[str, str]) -> None:
         self.home = home
         self.port, dagster_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home.parent / "up.log"
-        env = os.environ | {"OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
+        env = os.environ | env | {"OMP_NUM_THREADS": "1", "SAM3LITE_TEST_MARK": mark}
         env.pop("SAM3_CHECKPOINT_PATH", None)
         argv = ["up", "--home", str(home), "--port", str(self.port), "--dagster-port", str(dagster_port)]
         with self.log.open("wb") as log:
@@ -124,11 +129,13 @@ def jpeg_base64() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def train_and_use(up: Up) -> None:
+def train_and_use(up: Up, dataset: Path) -> None:
+    landed = upload(up.client, dataset, DATASET)
+    assert landed.status_code == 200 and landed.json()["image_count"] == UPLOADED, landed.text
     listed = up.client.get("/sam3/datasets").json()
     assert [(d["id"], d["coco_ready"], d["type"]) for d in listed] == [(DATASET, False, "bbox")]
     converted = up.client.post(f"/sam3/datasets/{DATASET}/convert").json()
-    assert converted["train_count"] + converted["val_count"] == converted["image_count"] == 12
+    assert converted["train_count"] + converted["val_count"] == converted["image_count"] == UPLOADED
     assert up.client.get("/sam3/datasets").json()[0]["coco_ready"] is True
 
     job_id = up.client.post("/sam3/train/jobs", json=ui_payload("sam3_synth_first")).json()["job_id"]
@@ -186,15 +193,16 @@ def cancel_mid_training(up: Up, marker: str) -> None:
 
 
 @pytest.mark.e2e
-def test_the_ui_trains_activates_and_cancels_through_up(tmp_path):
-    home = tmp_path / "home"
-    stage(home)
-    (home / "datasets" / DATASET / "sam3lite.yaml").write_text(SAM3LITE_YAML)
+def test_the_ui_uploads_trains_activates_and_cancels_through_up(tmp_path):
+    dataset = tmp_path / "synth"
+    write_synth(dataset, images=UPLOADED, seed=0)
+    defaults = tmp_path / "defaults.yaml"  # an uploaded dataset has no sam3lite.yaml: the pipeline's defaults
+    defaults.write_text(TRAIN_DEFAULTS)
     mark = uuid.uuid4().hex
     marker = f"SAM3LITE_TEST_MARK={mark}"
-    up = Up(home, mark)
+    up = Up(tmp_path / "home", mark, {"SAM3LITE_TRAIN_DEFAULTS": str(defaults)})
     try:
-        train_and_use(up)
+        train_and_use(up, dataset)
         cancel_mid_training(up, marker)
         # The activated model's run may go, as in the backend: the service falls back to its base (none here).
         deleted = up.client.delete("/sam3/storage/runs/sam3_synth_first").json()

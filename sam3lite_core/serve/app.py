@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,13 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     on_activate: Callable[[ActiveModel], None] | None = None,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
     """The app over `runs_root` (activatable checkpoints and the pointer file). `token` (default: env
     SAM3LITE_SERVE_TOKEN) is then required as `Authorization: Bearer <token>` on activation. Decoded images
     and image features share `cache_bytes`. `on_activate` hears of every activation through the API (the
-    pipeline records it in the activation history)."""
+    pipeline records it in the activation history). `body_limits` maps path prefixes to their own request-body
+    limits (the pipeline's dataset uploads)."""
     budget = CacheBudget(cache_bytes)
     state = ModelState(
         Path(runs_root),
@@ -93,7 +95,7 @@ def create_app(
     images = ImageCache(budget, max_upload_bytes=max_upload_bytes)
     app = FastAPI(title="sam3lite", description="box-only SAM3 inference, backend-compatible")
     app.state.models = state
-    app.add_middleware(BodyLimit, limit=body_limit(max_upload_bytes))
+    app.add_middleware(BodyLimit, limit=body_limit(max_upload_bytes), by_prefix=body_limits)
 
     _error_answers(app)
     app.include_router(_model_routes(state, token, on_activate))

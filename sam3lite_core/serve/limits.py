@@ -7,7 +7,7 @@ one (chunked) is counted as it arrives and refused at the first chunk past the l
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from fastapi import HTTPException
@@ -28,23 +28,31 @@ def body_limit(max_upload_bytes: int) -> int:
     return min(MAX_BODY_BYTES, max_upload_bytes * 4 // 3 + JSON_OVERHEAD)
 
 
-def _too_large(limit: int) -> str:
-    return f"request body over the {limit}-byte limit of this service (the image limit, base64-encoded)"
+def _too_large(limit: int, image: bool = True) -> str:
+    what = "the image limit, base64-encoded" if image else "the upload limit of this path"
+    return f"request body over the {limit}-byte limit of this service ({what})"
 
 
 class BodyLimit:
-    """ASGI middleware refusing HTTP request bodies over `limit` bytes with 413 {"detail", "message"}."""
+    """ASGI middleware refusing HTTP request bodies over `limit` bytes with 413 {"detail", "message"}; a path
+    starting with a prefix of `by_prefix` has that prefix's limit instead (uploads larger than an image)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, by_prefix: Mapping[str, int] | None = None) -> None:
         self.app, self.limit = app, limit
+        self.by_prefix = sorted((by_prefix or {}).items(), key=lambda item: -len(item[0]))
+
+    def limit_for(self, path: str) -> int:
+        return next((limit for prefix, limit in self.by_prefix if path.startswith(prefix)), self.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
+        image = limit == self.limit
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await self._refuse(send)
+        if length.isdigit() and int(length) > limit:
+            await self._refuse(send, _too_large(limit, image))
             return
         received = 0
 
@@ -52,15 +60,14 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            if received > self.limit:
+            if received > limit:
                 # An HTTPException passes FastAPI's body parsing unchanged and is answered as a 413.
-                raise HTTPException(413, _too_large(self.limit))
+                raise HTTPException(413, _too_large(limit, image))
             return message
 
         await self.app(scope, counted, send)
 
-    async def _refuse(self, send: Send) -> None:
-        text = _too_large(self.limit)
+    async def _refuse(self, send: Send, text: str) -> None:
         body = json.dumps({"detail": text, "message": text}).encode()
         await send(
             {

@@ -60,6 +60,12 @@ def refusal(report: ScanReport) -> ServiceError | None:
     return ServiceError(f"dataset {report.dataset_id!r} cannot be used:\n{report.text()}", 400, code)
 
 
+def list_entries(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Every dataset, newest first."""
+    entries = [entry(ctx, folder, scan(ctx, folder)) for folder in dataset_folders(ctx)]
+    return sorted(entries, key=lambda e: e["created_at"], reverse=True)
+
+
 def entry(ctx: ApiContext, folder: Path, report: ScanReport) -> dict[str, Any]:
     """One dataset in the backend's listing fields (segmentation always false: the datasets are box-only)."""
     coco = _converted(ctx, folder.name, report)
@@ -151,8 +157,7 @@ def dataset_routes(ctx: ApiContext) -> APIRouter:
 
     @router.get("/sam3/datasets")
     def list_datasets() -> list[dict[str, Any]]:
-        entries = [entry(ctx, folder, scan(ctx, folder)) for folder in dataset_folders(ctx)]
-        return sorted(entries, key=lambda e: e["created_at"], reverse=True)
+        return list_entries(ctx)
 
     @router.post("/sam3/datasets/{dataset_id}/convert")
     def convert_dataset(dataset_id: str) -> dict[str, Any]:

@@ -17,8 +17,12 @@ import sys
 import uuid
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sam3lite_core.commands.errors import explain_errors
+
+if TYPE_CHECKING:
+    from sam3lite_pipeline.api.staging import UploadLimits
 
 HELP = "the local stack: Dagster webserver + daemon and the backend-compatible service (training jobs included)"
 
@@ -38,6 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "SAM3_CHECKPOINT_PATH)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the service's device")
+    parser.add_argument("--upload-max-file-mb", type=float, default=100.0, help="largest uploaded file (MiB)")
+    parser.add_argument("--upload-zip-max-gb", type=float, default=4.0, help="largest zip content, uncompressed (GiB)")
+    parser.add_argument(
+        "--upload-zip-max-ratio", type=float, default=100.0, help="largest expansion of a zip or of one entry"
+    )
+    parser.add_argument(
+        "--upload-session-ttl-min",
+        type=float,
+        default=60.0,
+        help="minutes after which an upload session with no batch is removed",
+    )
     parser.add_argument(
         "--cors-origin",
         action="append",
@@ -60,6 +75,22 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stop()
 
 
+def _upload_limits(args: argparse.Namespace) -> UploadLimits:
+    from sam3lite_pipeline.api.staging import UploadLimits
+
+    values = (args.upload_max_file_mb, args.upload_zip_max_gb, args.upload_zip_max_ratio, args.upload_session_ttl_min)
+    if not all(value > 0 for value in values):
+        raise ValueError(
+            "--upload-max-file-mb, --upload-zip-max-gb, --upload-zip-max-ratio and --upload-session-ttl-min must be > 0"
+        )
+    return UploadLimits(
+        max_file_bytes=int(args.upload_max_file_mb * 2**20),
+        zip_max_bytes=int(args.upload_zip_max_gb * 2**30),
+        zip_max_ratio=args.upload_zip_max_ratio,
+        session_ttl_s=args.upload_session_ttl_min * 60,
+    )
+
+
 def _up(args: argparse.Namespace) -> int:
     import dagster as dg
     import uvicorn
@@ -69,6 +100,7 @@ def _up(args: argparse.Namespace) -> int:
     from sam3lite_pipeline.api.stack import StackSettings, dagster_stack
     from sam3lite_pipeline.resources import storage_from_env
 
+    limits = _upload_limits(args)
     for port in (args.port, args.dagster_port):
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not between 1 and 65535")
@@ -90,6 +122,7 @@ def _up(args: argparse.Namespace) -> int:
                 base_checkpoint=base,
                 device=str(pick_device(args.device)),
                 cors_origins=tuple(args.cors_origin),
+                upload_limits=limits,
             )
             app = create_up_app(settings, instance)
             print(
