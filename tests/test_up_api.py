@@ -258,3 +258,20 @@ def test_the_ui_page_origin_may_call_when_allowed(home):
     assert allowed.headers["access-control-allow-origin"] == "http://localhost:8000"
     other = client.get("/sam3/datasets", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_balanced_run_reports_its_balance_line(tmp_path):
+    from train_helpers import make_dataset, threads, tiny_config
+
+    from sam3lite_core.train.loop import train
+    from sam3lite_pipeline.api.jobs import run_result
+
+    runs = tmp_path / "runs"
+    config = tiny_config(
+        make_dataset(tmp_path / "synth"), runs, run_name="b", max_epochs=1, balance_strategy="inv_sqrt"
+    )
+    with threads(1):
+        train(config)
+    result = run_result(runs / "b")
+    assert "[sam3-balance] strategy=inv_sqrt" in result["balance_info"]
+    assert result["checkpoint"] == str(runs / "b" / "checkpoints" / "export.ckpt")

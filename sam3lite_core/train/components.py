@@ -140,6 +140,8 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
     cache = cfg.cache_path()
     train_json = limited_coco(data_result.train_json, cfg.train_limit, cfg.split_seed, cache)
     train_data, miner = build_train_data(cfg, train_json, data_result.train_images_root, info)
+    if train_data.sampler.base.settings.strategy != "none":
+        run.log(train_data.sampler.base.summary)  # the backend's job result carries it as balance_info
     val = None
     if data_result.counts.val_images:
         val_json = limited_coco(data_result.val_json, cfg.val_limit, cfg.split_seed, cache)

@@ -108,7 +108,7 @@ def serialise(job: Job, instance: dg.DagsterInstance, runs_root: Path) -> dict[s
         "message": _message(job, logs),
         "logs": logs[-LOG_LIMIT:],
         "metrics": job_metrics(run_dir, live=status == "running"),
-        "result": _result(run_dir) if status == "succeeded" and run_dir is not None else None,
+        "result": run_result(run_dir) if status == "succeeded" and run_dir is not None else None,
         "error": _error(job, instance, logs) if status == "failed" else None,
         "created_at": job.created_at,
         "updated_at": updated,
@@ -157,7 +157,7 @@ def _origin(tags: dict[str, str]) -> str | None:
     return "Dagster UI or CLI"
 
 
-def _result(run_dir: Path) -> dict[str, Any] | None:
+def run_result(run_dir: Path) -> dict[str, Any] | None:
     """The backend's success result, from the run folder."""
     checkpoint = run_checkpoint(run_dir)
     return {
