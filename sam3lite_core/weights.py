@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -73,13 +74,14 @@ class LoadReport:
         )
 
 
-def read_checkpoint(path: PathLike) -> dict[str, Any]:
-    """torch.load on the CPU with weights_only=True; anything that is not a checkpoint gets a clear ValueError."""
+def read_checkpoint(path: PathLike, mmap: bool = False) -> dict[str, Any]:
+    """torch.load on the CPU with weights_only=True; anything that is not a checkpoint gets a clear ValueError.
+    With `mmap`, tensors are mapped from the file rather than read (a file in torch's legacy format is read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load(path, mmap)
     except Exception as exc:  # garbage bytes surface as any of a dozen types (UnpicklingError, IndexError, ...)
         first_line = next(iter(str(exc).splitlines()), "")
         raise ValueError(
@@ -90,6 +92,12 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
     return data
+
+
+def _load(path: Path, mmap: bool) -> Any:
+    if mmap and zipfile.is_zipfile(path):  # only torch's zip format can be mapped
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def checkpoint_model_config(checkpoint: Mapping[str, Any]) -> ModelConfig | None:
@@ -106,14 +114,43 @@ def load_model(
 ) -> Sam3Lite:
     """A model in eval mode, rebuilt from one of our checkpoints (its saved config; EMA weights when present and
     `use_ema`), or the sam3 preset for an upstream file (sam3.pt, trainer checkpoints)."""
-    data = read_checkpoint(checkpoint)
+    data = read_checkpoint(checkpoint)  # read, not mapped: a served model must not fault when its file is rewritten
     cfg = checkpoint_model_config(data) or PRESETS["sam3"]
     if resolution:
         cfg = cfg.with_resolution(resolution)
-    model = build_model(cfg, device=device)
     ema = data.get("ema")
-    load_checkpoint(model, ema["model"] if use_ema and isinstance(ema, dict) else data)
-    return model.eval()
+    return build_loaded(cfg, ema["model"] if use_ema and isinstance(ema, dict) else data, device)[0].eval()
+
+
+def build_loaded(
+    cfg: ModelConfig, raw: Mapping[str, Any], device: torch.device | str = "cpu", source: str = "<checkpoint>"
+) -> tuple[Sam3Lite, LoadReport]:
+    """A model at `cfg` holding the weights of checkpoint dict `raw`, and what matched.
+
+    When `raw` has every weight at its shape, the model is built on the meta device and its parameters are
+    `raw`'s own tensors (converted only where dtype or device differ): no random initialisation and no second
+    copy, so loading takes about the model's own memory. From a memory-mapped checkpoint
+    (`read_checkpoint(mmap=True)`, training's init) the weights are the file's pages until written: shared by
+    the processes of a run, and reclaimable while frozen. A mapped file must not be rewritten in place while
+    in use (the process would fault), which is why inference reads its checkpoint instead.
+    Otherwise the model is initialised and `load_checkpoint` copies in what matches."""
+    weights, ignored = normalize_keys(_model_weights(raw, source))
+    model = build_model(cfg, device="meta")
+    wanted = {k: v for k, v in model.state_dict().items() if not _is_rope(k)}
+    if any(k not in weights or weights[k].shape != v.shape for k, v in wanted.items()):
+        model = build_model(cfg, device=device)
+        report = load_checkpoint(model, raw)
+        report.source = source
+        return model, report
+    model.load_state_dict(
+        {k: weights[k].to(device=device, dtype=v.dtype) for k, v in wanted.items()}, strict=False, assign=True
+    )
+    for module in model.modules():
+        if isinstance(module, ViT):
+            module.reset_rope(torch.device(device))
+    report = LoadReport(source=source, num_model_keys=len(wanted), ignored=ignored, loaded=list(wanted))
+    report.unexpected = [k for k in weights if k not in wanted and not _is_rope(k)]
+    return model, report
 
 
 def load_checkpoint(

@@ -230,3 +230,34 @@ def _tiny_batch() -> Batch:
         prompts=["cat"],
         prompt_ids=torch.tensor([0]),
     )
+
+
+def test_a_full_checkpoint_is_mapped_and_becomes_the_weights_without_a_copy(tmp_path) -> None:
+    source = tiny_model(3)
+    path = save_checkpoint(tmp_path / "full.ckpt", source)
+    raw = read_checkpoint(path, mmap=True)
+    model, report = ckpt.build_loaded(TINY, raw)
+    assert report.missing == [] and len(report.loaded) == report.num_model_keys
+    assert_same_weights(model, source)  # RoPE tables recomputed on the CPU, equal to a built model's
+    first = "backbone.vision_backbone.trunk.patch_embed.proj.weight"
+    mapped = raw["model"][ckpt.DETECTOR_PREFIX + first]
+    assert model.state_dict()[first].data_ptr() == mapped.data_ptr()  # the file's tensor itself, not a copy
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    size = TINY.vision.image_size
+    batch = Batch(torch.rand(1, 3, size, size), torch.zeros(1, dtype=torch.long), ["a"], torch.arange(1))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(batch)["pred_logits"], source.eval()(batch)["pred_logits"])
+
+
+def test_partial_bf16_and_legacy_checkpoints_still_load(tmp_path) -> None:
+    source = tiny_model(4)
+    weights = {k: v if v.is_complex() else v.to(torch.bfloat16) for k, v in source.state_dict().items()}
+    model, _ = ckpt.build_loaded(TINY, weights)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # converted to the model's dtype
+    dropped = "scoring.presence_head.weight"
+    partial = {k: v for k, v in source.state_dict().items() if not k.endswith(dropped)}
+    model, report = ckpt.build_loaded(TINY, partial)
+    assert [k for k in report.missing] == [k for k in source.state_dict() if k.endswith(dropped)]
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": source.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert_same_weights(ckpt.build_loaded(TINY, read_checkpoint(legacy, mmap=True))[0], source)

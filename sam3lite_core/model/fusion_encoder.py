@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sam3lite_core.model.attention import MultiheadAttention
 from sam3lite_core.model.chunked import map_rows
 from sam3lite_core.model.config import TransformerConfig
 
@@ -28,8 +29,9 @@ class PreNormAttentionLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         d = cfg.d_model
-        self.self_attn = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout)
-        self.cross_attn_image = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout)
+        # Image tokens are the queries (5184 at 1008 px): chunked in training on the CPU (model/attention.py).
+        self.self_attn = MultiheadAttention(d, cfg.heads, dropout=cfg.dropout)
+        self.cross_attn_image = MultiheadAttention(d, cfg.heads, dropout=cfg.dropout)
         self.linear1 = nn.Linear(d, cfg.ffn_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.linear2 = nn.Linear(cfg.ffn_dim, d)

@@ -66,10 +66,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(vision.width, vision.width)
         self.register_buffer("freqs_cis", block_rope(vision, block))
 
-    def reset_rope(self) -> None:
-        """Recompute `freqs_cis` for the configured resolution, on the buffer's device (after `to_empty`, or
-        when a checkpoint carried tables for another resolution)."""
-        self.freqs_cis = block_rope(self.vision, self.block, device=self.freqs_cis.device)
+    def reset_rope(self, device: torch.device | None = None) -> None:
+        """Recompute `freqs_cis` for the configured resolution, on `device` (default the buffer's: after
+        `to_empty`, or when a checkpoint carried tables for another resolution; a meta-built model passes the
+        device its weights were assigned on)."""
+        self.freqs_cis = block_rope(self.vision, self.block, device=device or self.freqs_cis.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, h, w, C] (a window or the whole grid) -> [B, h, w, C]."""
@@ -154,9 +155,9 @@ class ViT(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def reset_rope(self) -> None:
+    def reset_rope(self, device: torch.device | None = None) -> None:
         for block in self.blocks:
-            block.attn.reset_rope()
+            block.attn.reset_rope(device)
 
     def tiled_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         """The pretrained P x P table (cls entry dropped) repeated, not interpolated, to cover the grid and

@@ -28,7 +28,7 @@ from sam3lite_core.train.mining import HardExampleMiner
 from sam3lite_core.train.optim import build_optimizer, optim_settings
 from sam3lite_core.train.run_folder import RunFolder, latest_run, new_run_name
 from sam3lite_core.train.schedule import InverseSqrtSchedule, schedule_settings
-from sam3lite_core.weights import load_checkpoint
+from sam3lite_core.weights import build_loaded, read_checkpoint
 
 
 class Emitter:
@@ -120,10 +120,13 @@ def build_model_for(cfg: TrainConfig, device: torch.device, emit: Callable[[Even
     """The model at the configured preset and resolution, initial weights loaded, freezing and activation
     checkpointing applied, in training mode."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(detector_config(cfg), device=device)
     if cfg.init_checkpoint:
-        report = load_checkpoint(model, cfg.init_checkpoint)
+        # Memory-mapped and assigned: a full checkpoint becomes the weights without a second copy in memory.
+        raw = read_checkpoint(cfg.init_checkpoint, mmap=True)
+        model, report = build_loaded(detector_config(cfg), raw, device, source=cfg.init_checkpoint)
         emit(log_event(f"init_checkpoint: {report.summary()}"))
+    else:
+        model = build_model(detector_config(cfg), device=device)
     if cfg.freeze_language_backbone:
         model.freeze_text_encoder(True)
     if cfg.freeze_vision_trunk:
