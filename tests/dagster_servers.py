@@ -28,26 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import requests
 import yaml
 
-from sam3lite_pipeline.api.stack import group_members, start
-
-_WORKSPACE_STATUS = """
-query WorkspaceStatus {
-  workspaceOrError {
-    __typename
-    ... on Workspace {
-      locationEntries {
-        name
-        loadStatus
-        locationOrLoadError { __typename ... on PythonError { message } }
-      }
-    }
-    ... on PythonError { message }
-  }
-}
-"""
+from sam3lite_pipeline.api.stack import group_members, start, wait_until_loaded
 
 
 def instance_yaml(daemon: bool) -> str:
@@ -117,7 +100,7 @@ def dagster_server(
         started.append(webserver)
         if daemon:
             started.append(start(["dagster-daemon", "run", "-w", str(workspace)], child_env, home / "daemon.log"))
-        _wait_until_loaded(server, webserver, start_timeout_s)
+        wait_until_loaded(server.url, webserver, server.log_path, start_timeout_s, location=server.location)
         yield server
     finally:
         _stop_groups(started, stop_timeout_s)
@@ -166,39 +149,3 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _wait_until_loaded(server: DagsterServer, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dagster-webserver exited with {proc.returncode}:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"location {server.location!r} not loaded after {timeout_s:.0f} s:\n{server.log_tail()}")
-        if _location_loaded(server):
-            return
-        time.sleep(0.25)
-
-
-def _location_loaded(server: DagsterServer) -> bool:
-    try:
-        if requests.get(f"{server.url}/server_info", timeout=5).status_code != 200:
-            return False
-        answer = requests.post(server.graphql_url, json={"query": _WORKSPACE_STATUS}, timeout=30).json()
-    except requests.RequestException:
-        return False  # not listening yet
-    workspace = answer["data"]["workspaceOrError"]
-    if workspace["__typename"] != "Workspace":
-        raise RuntimeError(f"workspace failed to load: {workspace['message']}")
-    entries = workspace["locationEntries"]
-    names = [entry["name"] for entry in entries]
-    if server.location not in names and all(entry["loadStatus"] == "LOADED" for entry in entries):
-        raise RuntimeError(f"the workspace has no location {server.location!r}, only {names}")
-    for entry in entries:
-        if entry["name"] != server.location or entry["loadStatus"] != "LOADED":
-            continue
-        loaded = entry["locationOrLoadError"]
-        if loaded is not None and loaded["__typename"] == "PythonError":
-            raise RuntimeError(f"location {server.location!r} failed to load: {loaded['message']}")
-        return loaded is not None
-    return False

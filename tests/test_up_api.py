@@ -5,6 +5,7 @@ again by a fresh service (as after a restart of `up`), run storage, the cache, a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -176,6 +177,8 @@ def test_run_storage_lists_deletes_and_promotes(home, tmp_path):
     for bad in ("..", ".hidden", "escape", "a\\b"):
         refused(client.delete("/sam3/storage/runs/" + quote(bad, safe="").replace(".", "%2E")), 400, "invalid_run_id")
     refused(client.delete("/sam3/storage/runs/none"), 404, "sam3_run_not_found")
+    refused(client.post("/sam3/storage/runs/none/promote"), 404, "sam3_run_not_found")
+    assert client.get("/sam3/storage/runs", params={"variant": "x" * 100}).status_code == 422
     refused(client.delete("/sam3/storage/runs/r1?scope=../../"), 400, "invalid_scope")
     gone = client.delete("/sam3/storage/runs/r1?scope=tensorboard").json()
     assert gone == {"deleted": [str(run / "tensorboard")], "freed_bytes": 100} and tmp_path.exists()
@@ -275,3 +278,23 @@ def test_a_balanced_run_reports_its_balance_line(tmp_path):
     result = run_result(runs / "b")
     assert "[sam3-balance] strategy=inv_sqrt" in result["balance_info"]
     assert result["checkpoint"] == str(runs / "b" / "checkpoints" / "export.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--port", "0"], "port 0 is not between 1 and 65535"),
+        (["--dagster-port", "70000"], "port 70000"),
+        (["--upload-max-file-mb", "0"], "must be > 0"),
+        (["--upload-zip-max-ratio", "-1"], "must be > 0"),
+        (["--base-checkpoint", "missing.pt"], "is not a file"),
+        (["--port", "many"], "invalid int value"),
+    ],
+)
+def test_up_refuses_bad_options_before_starting_anything(tmp_path, capsys, option, says):
+    from sam3lite_core.cli import main
+
+    home = tmp_path / "home"
+    with pytest.raises(SystemExit) if option == ["--port", "many"] else contextlib.nullcontext():
+        assert main(["up", "--home", str(home), *option]) != 0
+    assert says in capsys.readouterr().err and not home.exists()

@@ -116,11 +116,11 @@ def test_cancel_and_expiry_leave_nothing(tmp_path, synth):
         assert not staged(home)
 
 
-def _manifest_case(synth: Path, case: str) -> tuple[list[dict], list[tuple]]:
+def _manifest_case(synth: Path, case: str, outside: Path) -> tuple[list[dict], list[tuple]]:
     _, rows = dataset_rows(synth)
     row = rows[0]
     manifest = [{"filename": row["path"].name, "split": row["split"], "label_text": row["label_text"]}]
-    name = {"traversal": "../evil.jpg", "absolute": "/tmp/evil.jpg", "folder": "a/b.jpg", "hidden": ".x.jpg"}
+    name = {"traversal": "../evil.jpg", "absolute": str(outside), "folder": "a/b.jpg", "hidden": ".x.jpg"}
     if case in name:
         manifest[0]["filename"] = name[case]
     if case == "not_image":
@@ -153,14 +153,14 @@ def test_hostile_batches_write_nothing(tmp_path, synth, case, status, code):
     classes, _ = dataset_rows(synth)
     with service(home) as (client, _):
         session = start(client, "h", classes, 5).json()["session_id"]
-        manifest, files = _manifest_case(synth, case)
+        manifest, files = _manifest_case(synth, case, tmp_path / "evil.jpg")
         answer = client.post(
             f"/datasets/upload_session/{session}/batch", data={"manifest": json.dumps({"rows": manifest})}, files=files
         )
         assert (answer.status_code, answer.json()["detail"]) == (status, code), answer.text
         assert [p.name for p in staged(home) if p.is_file()] == ["labelmap.txt"]  # only what start wrote
         assert client.get(f"/datasets/upload_session/{session}").json()["received"] == 0
-        assert not any(tmp_path.glob("evil*")) and not Path("/tmp/evil.jpg").exists()
+        assert not any(tmp_path.glob("evil*"))  # neither the absolute nor the escaping name landed
 
 
 def test_careless_sessions_are_refused(tmp_path, synth):
@@ -186,6 +186,13 @@ def test_careless_sessions_are_refused(tmp_path, synth):
         assert (empty.status_code, empty.json()["detail"]) == (400, "upload_invalid")
         assert "no" in empty.json()["message"] and visible(home) == []
         assert client.post("/datasets/upload_session/nope/finalize").json()["detail"] == "upload_session_not_found"
+        assert client.post("/datasets/upload", data={"dataset_id": "nofile"}).status_code == 422
+        assert (
+            client.post(
+                "/datasets/upload_session/start", content=b"\xff{", headers={"content-type": "application/json"}
+            ).status_code
+            == 400
+        )
         huge = client.post(
             "/datasets/upload_session/start", content=b" " * 17 * 2**20, headers={"content-type": "application/json"}
         )
@@ -216,7 +223,7 @@ def test_zip_uploads_and_hostile_zips(tmp_path, synth):
     good = _zip_of(synth, "synth/")
     hostile = {
         "traversal": _zip({**good, "../../evil.txt": b"x"}),
-        "absolute": _zip({**good, "/tmp/evil.txt": b"x"}),
+        "absolute": _zip({**good, str(tmp_path / "evil.txt"): b"x"}),
         "symlink": _zip(good, links=("synth/train/images/link.jpg",)),
         "ratio": _zip({**good, "synth/zeros.bin": bytes(2 * 2**20)}),
         "too_big": _zip({**good, "synth/big.jpg": os.urandom(SMALL.max_file_bytes + 1)}),
@@ -227,7 +234,7 @@ def test_zip_uploads_and_hostile_zips(tmp_path, synth):
             answer = client.post("/datasets/upload", files={"file": (f"{case}.zip", data)}, data={"dataset_id": case})
             assert answer.status_code == 400 and answer.json()["detail"].startswith("upload_zip"), (case, answer.text)
             assert visible(home) == [] and not staged(home), case
-        assert not Path("/tmp/evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+        assert not (tmp_path / "evil.txt").exists()
         landed = client.post("/datasets/upload", files={"file": ("mine.zip", _zip(good))})
         assert landed.status_code == 200, landed.text
         assert landed.json()["id"] == "mine" and landed.json()["image_count"] == 60

@@ -13,10 +13,9 @@ import dagster as dg
 
 from sam3lite_core.serve.errors import ServiceError
 from sam3lite_core.serve.state import ModelState
+from sam3lite_pipeline.api.stack import LOCATION
 from sam3lite_pipeline.resources import StorageRoots
 from sam3lite_pipeline.trigger.client import TriggerClient
-
-LOCATION = "sam3lite"  # the code location's name in the workspace `up` writes
 
 
 @dataclass

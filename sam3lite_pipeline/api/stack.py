@@ -11,6 +11,7 @@ job never reads `running` forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import requests
 import yaml
 
 UP_ID_ENV = "SAM3LITE_UP_ID"
+LOCATION = "sam3lite"
 _EXEC_WITH_DEFAULT_SIGNALS = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
@@ -67,7 +69,7 @@ def prepare_home(settings: StackSettings) -> Path:
         text = DEPLOY_INSTANCE.read_text() if DEPLOY_INSTANCE.is_file() else yaml.safe_dump(FALLBACK_INSTANCE)
         config.write_text(text)
     workspace = settings.dagster_home / "workspace.yaml"
-    entry = {"module_name": "sam3lite_pipeline.definitions", "attribute": "defs", "location_name": "sam3lite"}
+    entry = {"module_name": "sam3lite_pipeline.definitions", "attribute": "defs", "location_name": LOCATION}
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": entry}]}, sort_keys=False))
     # Migrate the SQLite storages once here: a webserver and a daemon that both find them missing race.
     dg.DagsterInstance.from_config(str(settings.dagster_home)).dispose()
@@ -108,31 +110,41 @@ def start(argv: list[str], env: Mapping[str, str], log_path: Path) -> subprocess
         )
 
 
-def wait_until_loaded(url: str, webserver: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    """Until the webserver answers with the `sam3lite` location loaded; RuntimeError with the log's tail."""
+def wait_until_loaded(
+    url: str, webserver: subprocess.Popen, log_path: Path, timeout_s: float, location: str = LOCATION
+) -> None:
+    """Until the webserver at `url` answers with `location` loaded; RuntimeError with the log's tail when it exits
+    or times out, and at once when the workspace or the location failed to load or the location is missing."""
     deadline = time.monotonic() + timeout_s
     while True:
         if webserver.poll() is not None:
             raise RuntimeError(f"dagster-webserver exited with {webserver.returncode}:\n{_tail(log_path)}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the sam3lite code location did not load in {timeout_s:.0f} s:\n{_tail(log_path)}")
-        if _loaded(url):
+            raise RuntimeError(f"code location {location!r} not loaded after {timeout_s:.0f} s:\n{_tail(log_path)}")
+        if _loaded(url, location):
             return
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
-def _loaded(url: str) -> bool:
+def _loaded(url: str, location: str) -> bool:
     try:
-        answer = requests.post(f"{url}/graphql", json={"query": _WORKSPACE_STATUS}, timeout=10).json()
+        answer = requests.post(f"{url}/graphql", json={"query": _WORKSPACE_STATUS}, timeout=30).json()
     except (requests.RequestException, ValueError):
         return False  # not listening yet
-    workspace = answer.get("data", {}).get("workspaceOrError", {})
-    for entry in workspace.get("locationEntries", []):
-        loaded = entry.get("locationOrLoadError")
-        if entry["name"] == "sam3lite" and entry["loadStatus"] == "LOADED" and loaded is not None:
-            if loaded["__typename"] == "PythonError":
-                raise RuntimeError(f"the sam3lite code location failed to load: {loaded['message']}")
-            return True
+    workspace = answer["data"]["workspaceOrError"]
+    if workspace["__typename"] != "Workspace":
+        raise RuntimeError(f"workspace failed to load: {workspace['message']}")
+    entries = workspace["locationEntries"]
+    names = [entry["name"] for entry in entries]
+    if location not in names and all(entry["loadStatus"] == "LOADED" for entry in entries):
+        raise RuntimeError(f"the workspace has no location {location!r}, only {names}")
+    for entry in entries:
+        if entry["name"] != location or entry["loadStatus"] != "LOADED":
+            continue
+        loaded = entry["locationOrLoadError"]
+        if loaded is not None and loaded["__typename"] == "PythonError":
+            raise RuntimeError(f"code location {location!r} failed to load: {loaded['message']}")
+        return loaded is not None
     return False
 
 
@@ -167,11 +179,9 @@ def sweep(up_id: str) -> list[int]:
         except OSError:
             continue  # gone, or not ours to read
         if needle in environ.split(b"\0") and pid != os.getpid():
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-            except ProcessLookupError:
-                pass
     return killed
 
 
@@ -191,10 +201,8 @@ def mark_cut_off_runs(dagster_home: Path, why: str) -> None:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _pids() -> list[int]:

@@ -80,11 +80,9 @@ def _checkpoints(run: Path) -> list[dict[str, Any]]:
     folder = run / "checkpoints"
     if folder.is_symlink() or not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if not p.is_symlink() and p.is_file()]
-    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [
-        {"file": p.name, "path": str(p), "size_bytes": p.stat().st_size, "updated_at": p.stat().st_mtime} for p in files
-    ]
+    files = [(p, p.stat()) for p in folder.iterdir() if not p.is_symlink() and p.is_file()]
+    files.sort(key=lambda item: item[1].st_mtime, reverse=True)
+    return [{"file": p.name, "path": str(p), "size_bytes": st.st_size, "updated_at": st.st_mtime} for p, st in files]
 
 
 def run_folder(ctx: ApiContext, run_id: str) -> Path:

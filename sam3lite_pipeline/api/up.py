@@ -11,6 +11,7 @@ model and the weights the backend's training jobs start from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -114,7 +115,8 @@ def _up(args: argparse.Namespace) -> int:
         env.pop(name, None)  # one home: the service and the code location must see the same roots
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with dagster_stack(stack, env):
+        # Ctrl-C or SIGTERM ends the service; leaving the stack's block stops the rest.
+        with contextlib.suppress(KeyboardInterrupt, Stop), dagster_stack(stack, env):
             instance = dg.DagsterInstance.from_config(str(stack.dagster_home))
             settings = ServiceSettings(
                 storage=storage_from_env(env),
@@ -131,8 +133,6 @@ def _up(args: argparse.Namespace) -> int:
                 flush=True,
             )
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except (KeyboardInterrupt, Stop):
-        pass
     except RuntimeError as exc:  # the code location did not load, or a server exited at its start
         print(f"sam3lite up: {exc}", file=sys.stderr)
         return 1

@@ -188,9 +188,10 @@ class Uploads:
                 f"the uploaded dataset cannot be used (nothing was stored):\n{report.text(20)}", 400, "upload_invalid"
             )
         for folder in dataset_folders(self.ctx):
-            if folder.name != dataset_id and scan(self.ctx, folder).signature == report.signature:
+            existing = scan(self.ctx, folder) if folder.name != dataset_id else None
+            if existing is not None and existing.signature == report.signature:
                 remove(staging)
-                return {**entry(self.ctx, folder, scan(self.ctx, folder)), "duplicate_of": folder.name}
+                return {**entry(self.ctx, folder, existing), "duplicate_of": folder.name}
         target = install(self.ctx.datasets_root, staged, dataset_id, replace)
         remove(staging)
         self.ctx.instance.add_dynamic_partitions(datasets_partitions.name, [dataset_id])
@@ -235,7 +236,7 @@ def _start_fields(payload: dict[str, Any], limits: UploadLimits) -> tuple[str, l
 def _dataset_id(value: str) -> str:
     """The backend's sanitising of a dataset id; 400 when nothing usable is left."""
     name = safe_run_name(value, "")
-    if not name or name.startswith(".") or len(name) > 128 or name in (".", ".."):
+    if not name or name.startswith(".") or len(name) > 128:
         raise ServiceError(
             f"dataset_id {value[:200]!r} is not usable: use letters, digits, '.', '_' and '-'",
             400,
