@@ -12,6 +12,7 @@ plain nccl group, every tensor handed to a collective here is first put on the g
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -163,6 +164,9 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     """
     if not info.distributed:
         return model
+    released = [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if released:  # weights kept on disk (Sam3Lite.release_text_encoder): nothing to broadcast, nothing trains
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, released)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False

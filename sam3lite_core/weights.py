@@ -20,7 +20,7 @@ import os
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,10 @@ def load_checkpoint(
         source, raw = str(path_or_state_dict), read_checkpoint(path_or_state_dict)
     weights, ignored = normalize_keys(_model_weights(raw, source))
     model_state = model.state_dict()
-    if any(t.is_meta for t in model_state.values()):
+    released = model.released_weights() if isinstance(model, Sam3Lite) else {}
+    if any(t.is_meta for k, t in model_state.items() if k not in released):
         raise ValueError("the model lives on the meta device; materialise it (model.to_empty(device=...)) first")
+    _check_released(released, weights, source)
 
     report = LoadReport(source=source, num_model_keys=sum(not _is_rope(k) for k in model_state), ignored=ignored)
     to_load = {}
@@ -180,9 +182,11 @@ def load_checkpoint(
                 report.rope_resized.append(key)
         elif value.shape != model_state[key].shape:
             report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        elif key in released:  # equal to what the model reads back (checked above): nothing to load
+            report.loaded.append(key)
         else:
             to_load[key] = value
-    report.loaded = list(to_load)
+    report.loaded += list(to_load)
     report.missing = [k for k in model_state if k not in weights and not _is_rope(k)]
     if report.matched_fraction < min_fraction:
         raise ValueError(_mismatch_message(report, min_fraction, checkpoint_model_config(raw)))
@@ -193,12 +197,53 @@ def load_checkpoint(
     return report
 
 
+def _check_released(released: Mapping[str, torch.Tensor], weights: Mapping[str, Any], source: str) -> None:
+    """A model whose frozen text encoder is released keeps the weights it reads back, so a checkpoint loaded
+    into it must hold those same values (a resumed run's do: frozen, they are the init's)."""
+    for key, value in released.items():
+        theirs = weights.get(key)
+        if theirs is not None and theirs.shape == value.shape and not torch.equal(theirs.to(value.dtype), value):
+            raise ValueError(
+                f"{source}: {key} differs from the frozen text encoder's weights this model reads back from its "
+                "init checkpoint; resume with the init_checkpoint the run started from"
+            )
+
+
+def released_reader(path: PathLike, prefix: str) -> Callable[[], dict[str, torch.Tensor]]:
+    """A reader of checkpoint `path`'s weights under model-key `prefix` (returned without it), memory-mapped
+    at each call: what `Sam3Lite.release_text_encoder` reads its weights back with. It refuses the file once it
+    has changed (size, modification time or inode), since it would no longer hold the weights the run used."""
+    path = Path(path)
+    stamp = _stamp(path)
+
+    def read() -> dict[str, torch.Tensor]:
+        if _stamp(path) != stamp:
+            raise ValueError(
+                f"{path} changed while in use: the frozen text encoder's weights are read back from it (to encode "
+                "a new prompt, to save a checkpoint) and it no longer holds the ones this run loaded. Put the "
+                "original file back, then resume the run"
+            )
+        weights, _ = normalize_keys(_model_weights(read_checkpoint(path, mmap=True), str(path)))
+        return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+    return read
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
 def state_dict_for_export(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as saved in every file we write: `detector.<key>` -> CPU tensor, with the RoPE
     tables at the export resolution (1008 px for the sam3 preset, the model's own otherwise)."""
     model = unwrap(model)
     cfg = model_config_of(model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    released = model.released_weights() if isinstance(model, Sam3Lite) else {}  # read back from their file
+    state = {k: released[k] if k in released else v.detach().cpu() for k, v in model.state_dict().items()}
     export_size = PRESETS["sam3"].vision.image_size if cfg.name == "sam3" else cfg.vision.image_size
     for name, module in model.named_modules():
         if isinstance(module, ViT):

@@ -35,7 +35,7 @@ def test_chunks_of_queries_equal_the_whole_attention():
         out = module(q, memory, memory, key_padding_mask=padding, attn_mask=bias, need_weights=False)[0]
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         answers.append((out, q.grad, module.in_proj_weight.grad, module.out_proj.weight.grad))
-    assert chunked._chunked(query, False, False)
+    assert chunked.chunks(query)
     for ours, theirs in zip(*answers):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)  # sums over chunks: fp32 rounding
 

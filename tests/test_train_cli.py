@@ -18,6 +18,7 @@ from train_helpers import TINY, make_dataset, threads
 from sam3lite_core import cli
 from sam3lite_core.eval.evaluate import evaluate
 from sam3lite_core.train import __main__ as train_main
+from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.weights import load_model
 
 
@@ -193,3 +194,21 @@ def test_sigterm_saves_last_checkpoint_at_the_current_step(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     finished = json.loads((tmp_path / "runs" / "stopped" / "result.json").read_text())
     assert finished["resumed_from_step"] == result["steps_done"] and finished["steps_done"] == 15
+
+
+def test_a_recipe_is_the_base_the_config_and_set_override(capsys, tmp_path):
+    from sam3lite_core.train.recipes import recipe_fields
+
+    assert cli.main(["train", "--recipe", "sam3-16gb-gpu", "--dataset", str(tmp_path)]) == 2
+    assert "the sam3-16gb-gpu recipe needs init_checkpoint (the released sam3.pt" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("gradient_accumulation_steps: 4\n")
+    layered = TrainConfig.from_yaml(
+        tmp_path / "run.yaml", ["amp=bf16"], base=recipe_fields("sam3-16gb-gpu"), init_checkpoint="sam3.pt"
+    )
+    assert (layered.preset, layered.train_batch_size, layered.freeze_language_backbone) == ("sam3", 1, True)
+    assert (layered.gradient_accumulation_steps, layered.amp, layered.ema) == (4, "bf16", False)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--recipe", "sam3-on-a-toaster"])
+    assert "invalid choice: 'sam3-on-a-toaster'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_fields("sam3-on-a-toaster")

@@ -27,6 +27,7 @@ def test_sam3_preset_takes_an_optimiser_step_at_336_px(tmp_path):
         ema=False,
         freeze_vision_trunk=True,
         freeze_language_backbone=True,
+        lean_host_memory=False,  # process-wide: it would slow every later test in this process
     )
     c = build_components(cfg, init_distributed("cpu"), None)
     assert c.model.cfg.vision.image_size == 336 and cfg.use_activation_checkpointing

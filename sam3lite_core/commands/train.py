@@ -1,4 +1,8 @@
-"""`sam3lite train [--config run.yaml] --dataset DIR [--set key=value ...] [--resume] [--nproc-per-node N]`.
+"""`sam3lite train [--recipe NAME] [--config run.yaml] --dataset DIR [--set key=value ...] [--resume]
+[--nproc-per-node N]`.
+
+A recipe (sam3lite_core/train/recipes.py) is a set of fields that go together, e.g. `sam3-16gb-gpu` to fine-tune the
+released sam3.pt on one 16 GB GPU; the config file and --set override it.
 
 Prints `[sam3lite-progress p]`, `[sam3lite-metric]{json}` and `[sam3lite-result]{json}` lines (a progress bar
 on a terminal; upstream's `Train Epoch:` / `Meters:` lines too with `--set upstream_log_lines=true`).
@@ -17,9 +21,11 @@ import sys
 from sam3lite_core.commands.errors import explain_errors
 from sam3lite_core.distributed import LaunchSettings, launch_command, pick_device
 from sam3lite_core.train.config import ConfigError, TrainConfig, describe_fields
+from sam3lite_core.train.recipes import RECIPES, missing_for_recipe, recipe_fields
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", choices=RECIPES, help="start from a recipe's fields (train/recipes.py)")
     parser.add_argument("--config", metavar="YAML", help="training config (run.yaml); fields as in --help-config")
     parser.add_argument("--dataset", metavar="DIR", help="YOLO/Qwen dataset folder (overrides the config's)")
     parser.add_argument(
@@ -46,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
         print(describe_fields())
         return 0
     try:
-        cfg = TrainConfig.from_yaml(args.config, args.overrides, dataset=args.dataset, resume=args.resume or None)
+        base = recipe_fields(args.recipe) if args.recipe else {}
+        cfg = TrainConfig.from_yaml(
+            args.config, args.overrides, base=base, dataset=args.dataset, resume=args.resume or None
+        )
+        missing = missing_for_recipe(args.recipe, cfg.model_dump()) if args.recipe else []
+        if missing:
+            raise ConfigError(f"the {args.recipe} recipe needs " + "; ".join(missing))
     except ConfigError as exc:
         print(f"sam3lite train: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,9 @@ against 0.14 GiB and 3 s without dropout (issue 21; `bench/bench_train_memory.py
 chunk again (with the same dropout mask, drawn from a seed of its own) and takes that chunk's gradients, so one
 chunk's matrix is alive at a time. A query's output row depends on its own row of the matrix alone, so the result
 is the plain attention's. An autograd Function rather than torch.utils.checkpoint, which cannot be nested inside
-the layers' own activation checkpointing here (the recompute's saved tensors did not match). CUDA has fused
+the layers' own activation checkpointing here (the recompute's saved tensors did not match). The fusion encoder
+calls its stages (`project`, `attend`, `combine`) itself so that the attention sits between two checkpoints
+rather than inside one, where the recomputation would run its whole forward a third time. CUDA has fused
 kernels with dropout and takes the plain path, as does everything without dropout or not training.
 """
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUERY_CHUNK = 512  # queries per chunk: [4 prompts x 8 heads, 512, 5184] fp32 is 340 MB
+QUERY_CHUNK = 256  # queries per chunk: [4 prompts x 8 heads, 256, 5184] fp32 is 170 MB
 
 
 class ChunkedAttention(torch.autograd.Function):
@@ -74,14 +76,15 @@ def _rows(
 ) -> torch.Tensor:
     """The attention of query rows `rows` (`q` holds all rows when `offset`, else just those)."""
     part = q[:, rows] if offset else q
-    scores = torch.matmul(part, k.transpose(1, 2)).float() / math.sqrt(q.shape[-1])
+    # In place where autograd keeps nothing of the overwritten value: fewer chunk-sized fp32 buffers at once.
+    scores = torch.matmul(part, k.transpose(1, 2)).float().mul_(1 / math.sqrt(q.shape[-1]))
     if bias is not None:
-        scores = scores + (bias[:, rows] if bias.shape[1] > 1 else bias).float()
+        scores.add_(bias[:, rows] if bias.shape[1] > 1 else bias)
     probs = scores.softmax(-1)
     if p > 0:
         generator = torch.Generator(device=q.device).manual_seed(seed + rows.start)
         keep = torch.rand(probs.shape, generator=generator, device=q.device) >= p
-        probs = probs * keep / (1 - p)
+        probs = probs.mul(keep).mul_(1 / (1 - p))
     return torch.matmul(probs.to(v.dtype), v)
 
 
@@ -104,7 +107,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """query [L, B, D], key and value [S, B, D] -> ([L, B, D], weights or None), as nn.MultiheadAttention."""
-        if not self._chunked(query, need_weights, is_causal):
+        if not self.chunks(query, need_weights, is_causal):
             return super().forward(
                 query,
                 key,
@@ -115,7 +118,20 @@ class MultiheadAttention(nn.MultiheadAttention):
                 average_attn_weights=average_attn_weights,
                 is_causal=is_causal,
             )
-        (length, batch, width), heads = query.shape, self.num_heads
+        q, k, v, bias = self.project(query, key, value, key_padding_mask, attn_mask)
+        return self.combine(self.attend(q, k, v, bias), query.shape[1]), None
+
+    def project(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The chunked path's first stage: q [B * heads, L, D / heads], k and v [B * heads, S, D / heads] and
+        the masks' additive bias (see `_bias`)."""
+        batch, width, heads = query.shape[1], query.shape[2], self.num_heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
 
@@ -123,12 +139,19 @@ class MultiheadAttention(nn.MultiheadAttention):
             return x.reshape(x.shape[0], batch * heads, width // heads).transpose(0, 1)
 
         q, k, v = split(F.linear(query, w_q, b_q)), split(F.linear(key, w_k, b_k)), split(F.linear(value, w_v, b_v))
-        bias = _bias(key_padding_mask, attn_mask, batch, heads, key.shape[0])
-        out = ChunkedAttention.apply(q, k, v, bias, self.dropout, self.query_chunk)
-        out = out.transpose(0, 1).reshape(length, batch, width)
-        return F.linear(out, self.out_proj.weight, self.out_proj.bias), None
+        return q, k, v, _bias(key_padding_mask, attn_mask, batch, heads, key.shape[0])
 
-    def _chunked(self, query: torch.Tensor, need_weights: bool, is_causal: bool) -> bool:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The chunked attention of `project`'s outputs: [B * heads, L, D / heads]."""
+        return ChunkedAttention.apply(q, k, v, bias, self.dropout, self.query_chunk)
+
+    def combine(self, attended: torch.Tensor, batch: int) -> torch.Tensor:
+        """The heads of `attend`'s output joined and projected: [L, B, D]."""
+        out = attended.transpose(0, 1).reshape(attended.shape[1], batch, self.embed_dim)
+        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
+
+    def chunks(self, query: torch.Tensor, need_weights: bool = False, is_causal: bool = False) -> bool:
+        """Whether a call with this query takes the chunked path."""
         return (
             self.query_chunk is not None
             and self.training

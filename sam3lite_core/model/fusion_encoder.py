@@ -65,6 +65,18 @@ class PreNormAttentionLayer(nn.Module):
         x = self.self_attn(q, k, x, key_padding_mask=tgt_padding_mask, need_weights=False)[0]
         return tgt + self.dropout1(x)
 
+    def self_attention_inputs(
+        self, tgt: torch.Tensor, query_pos: torch.Tensor | None = None, tgt_padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`attend_self` up to its chunked attention: `MultiheadAttention.project`'s q, k, v and bias."""
+        x = self.norm1(tgt)
+        q = k = x if query_pos is None else x + query_pos
+        return self.self_attn.project(q, k, x, key_padding_mask=tgt_padding_mask)
+
+    def after_self_attention(self, tgt: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """`attend_self` from its chunked attention's output on: the projection, dropout and residual."""
+        return tgt + self.dropout1(self.self_attn.combine(attended, tgt.shape[1]))
+
     def attend_memory(
         self,
         tgt: torch.Tensor,
@@ -116,12 +128,22 @@ class FusionEncoder(nn.Module):
         query through every layer (in training, that sub-layer's dropout is shared by the queries of an image).
         """
         first, *rest = self.layers
-        x = self._run(first.attend_self, image, image_pos)[:, img_ids]
+        x = self._attend_self(first, image, image_pos)[:, img_ids]
         query_pos = image_pos[:, img_ids]
         x = self._run(first.attend_memory, x, prompt, None, prompt_mask)
         for layer in rest:
-            x = self._run(layer, x, prompt, query_pos, None, None, prompt_mask)
+            x = self._attend_self(layer, x, query_pos)
+            x = self._run(layer.attend_memory, x, prompt, None, prompt_mask)
         return x
+
+    def _attend_self(self, layer: PreNormAttentionLayer, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """`layer.attend_self(x, pos)`. With activation checkpointing and a chunked attention, that attention
+        stays outside the checkpoints around it: it keeps only q, k and v anyway, and inside one its whole
+        forward (seconds a layer at 1008 px) would run a third time, in the recomputation."""
+        if not (self.activation_checkpointing and self.training and layer.self_attn.chunks(x)):
+            return self._run(layer.attend_self, x, pos)
+        q, k, v, bias = checkpoint(layer.self_attention_inputs, x, pos, use_reentrant=False)
+        return checkpoint(layer.after_self_attention, x, layer.self_attn.attend(q, k, v, bias), use_reentrant=False)
 
     def _run(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor | None) -> torch.Tensor:
         if self.activation_checkpointing and self.training:

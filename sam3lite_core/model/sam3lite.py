@@ -7,8 +7,10 @@ preset equals reference/sam3_boxonly_state_dict.tsv key for key, in order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +28,7 @@ from sam3lite_core.tokenizer import Tokenizer
 
 # Cached text features of a frozen encoder, per prompt string: [L, D] each, 32 KB for sam3, 32 MB in all.
 TEXT_CACHE_SIZE = 1024
+TEXT_PREFIX = "backbone.language_backbone."
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,6 +79,8 @@ class Sam3Lite(nn.Module):
         self.dot_prod_scoring = DotProductScoring(cfg.transformer)
         self.text_encoder_frozen = False
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # Set while the frozen text encoder's weights are released: reads them back (see release_text_encoder).
+        self._read_text_weights: Callable[[], Mapping[str, torch.Tensor]] | None = None
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
     def forward(self, batch: Batch, denoising_anchors: torch.Tensor | None = None) -> dict[str, Any]:
@@ -176,22 +181,68 @@ class Sam3Lite(nn.Module):
             return self.backbone.forward_text(self._tokenize(prompts, device))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            with torch.no_grad():
+            with torch.no_grad(), self._text_weights_loaded():
                 features, mask = self.backbone.forward_text(self._tokenize(missing, device))
             for i, prompt in enumerate(missing):
                 self._text_cache[prompt] = (features[:, i], mask[i])
         for prompt in prompts:
             self._text_cache.move_to_end(prompt)
         cached = [self._text_cache[p] for p in prompts]
-        while len(self._text_cache) > max(TEXT_CACHE_SIZE, len(prompts)):
+        # Released weights cost a read per miss, so then every prompt stays (a run's prompts are its classes).
+        while self._read_text_weights is None and len(self._text_cache) > max(TEXT_CACHE_SIZE, len(prompts)):
             self._text_cache.popitem(last=False)
         return torch.stack([f for f, _ in cached], dim=1), torch.stack([m for _, m in cached])
+
+    def release_text_encoder(self, read_weights: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        """Free the frozen text encoder's weights (1.3 GiB for sam3, a third of the model): its features are
+        cached per prompt, so training never needs them again but to encode a new prompt. `read_weights()`
+        returns them (the language backbone's own state dict, e.g. mapped from the init checkpoint), loaded
+        for the one forward that encodes prompts not cached yet and read by `released_weights` for export.
+        A released model cannot be moved (`.to()`); `freeze_text_encoder(False)` loads the weights back."""
+        if not self.text_encoder_frozen:
+            raise ValueError("release_text_encoder: freeze the text encoder first (its gradients need the weights)")
+        self._read_text_weights = read_weights
+        self.backbone.language_backbone.to_empty(device="meta")
+
+    @property
+    def text_encoder_released(self) -> bool:
+        return self._read_text_weights is not None
+
+    def released_weights(self) -> dict[str, torch.Tensor]:
+        """The released text encoder's weights under the model's own keys, as CPU tensors of the model's dtypes
+        (empty when nothing is released)."""
+        if self._read_text_weights is None:
+            return {}
+        return {TEXT_PREFIX + k: v for k, v in self._read_released(torch.device("cpu")).items()}
+
+    def _read_released(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The released weights (a read), as the language backbone's state dict on `device`, in its dtypes."""
+        read = self._read_text_weights
+        text = self.backbone.language_backbone.state_dict()
+        return {k: v.to(device=device, dtype=text[k].dtype) for k, v in read().items()} if read else {}
+
+    @contextlib.contextmanager
+    def _text_weights_loaded(self) -> Iterator[None]:
+        """The released text encoder's weights in place for the duration (on the model's device)."""
+        if self._read_text_weights is None:
+            yield
+            return
+        text = self.backbone.language_backbone
+        text.load_state_dict(self._read_released(self.geometry_encoder.cls_embed.weight.device), assign=True)
+        try:
+            yield
+        finally:
+            text.to_empty(device="meta")
 
     def _tokenize(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         return _default_tokenizer()(prompts, context_length=self.cfg.text.context_length).to(device)
 
     def freeze_text_encoder(self, frozen: bool = True) -> None:
         """Stop (or resume) training the text encoder; while frozen, each prompt is encoded once and cached."""
+        if not frozen and self._read_text_weights is not None:
+            device = self.geometry_encoder.cls_embed.weight.device
+            self.backbone.language_backbone.load_state_dict(self._read_released(device), assign=True)
+            self._read_text_weights = None
         self.text_encoder_frozen = frozen
         self.backbone.language_backbone.requires_grad_(not frozen)
         self.clear_text_cache()
@@ -207,6 +258,11 @@ class Sam3Lite(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> "Sam3Lite":
         # .to(), .cuda(), .half() ... would leave cached text features on the old device or dtype.
+        if self._read_text_weights is not None:
+            raise RuntimeError(
+                "this model's frozen text encoder is released (its weights are read back from disk when needed), "
+                "so it cannot be moved or cast: call freeze_text_encoder(False) first, or move it before releasing"
+            )
         self.clear_text_cache()
         return super()._apply(fn, recurse)
 

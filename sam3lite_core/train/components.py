@@ -15,20 +15,21 @@ from sam3lite_core.data.layout import find_layout
 from sam3lite_core.data.outputs import check_writable_folder
 from sam3lite_core.distributed import DistInfo, barrier, main_then_broadcast, wrap_ddp
 from sam3lite_core.model.config import PRESETS, ModelConfig
-from sam3lite_core.model.sam3lite import Sam3Lite, build_model
+from sam3lite_core.model.sam3lite import TEXT_PREFIX, Sam3Lite, build_model
 from sam3lite_core.precision import resolve_amp
 from sam3lite_core.train.checkpointer import Checkpointer
 from sam3lite_core.train.config import TrainConfig
 from sam3lite_core.train.denoising import DenoisingSettings, denoising_settings
 from sam3lite_core.train.ema import ModelEMA
 from sam3lite_core.train.events import Event, EventHandler, event_lines, log_event
+from sam3lite_core.train.host_memory import map_large_blocks
 from sam3lite_core.train.loader import TrainData, build_train_data, convert_settings, limited_coco
 from sam3lite_core.train.losses import SetCriterion, loss_settings
 from sam3lite_core.train.mining import HardExampleMiner
 from sam3lite_core.train.optim import build_optimizer, optim_settings
 from sam3lite_core.train.run_folder import RunFolder, latest_run, new_run_name
 from sam3lite_core.train.schedule import InverseSqrtSchedule, schedule_settings
-from sam3lite_core.weights import build_loaded, read_checkpoint
+from sam3lite_core.weights import build_loaded, read_checkpoint, released_reader
 
 
 class Emitter:
@@ -120,6 +121,7 @@ def build_model_for(cfg: TrainConfig, device: torch.device, emit: Callable[[Even
     """The model at the configured preset and resolution, initial weights loaded, freezing and activation
     checkpointing applied, in training mode."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    report = None
     if cfg.init_checkpoint:
         # Memory-mapped and assigned: a full checkpoint becomes the weights without a second copy in memory.
         raw = read_checkpoint(cfg.init_checkpoint, mmap=True)
@@ -129,6 +131,9 @@ def build_model_for(cfg: TrainConfig, device: torch.device, emit: Callable[[Even
         model = build_model(detector_config(cfg), device=device)
     if cfg.freeze_language_backbone:
         model.freeze_text_encoder(True)
+        if report is not None and all(k in report.loaded for k in model.state_dict() if k.startswith(TEXT_PREFIX)):
+            # Frozen and all from the init file: read back from there when needed rather than kept (1.3 GiB).
+            model.release_text_encoder(released_reader(cfg.init_checkpoint, TEXT_PREFIX))
     if cfg.freeze_vision_trunk:
         model.backbone.vision_backbone.trunk.requires_grad_(False)
     model.set_activation_checkpointing(cfg.use_activation_checkpointing)
@@ -151,6 +156,8 @@ def build_components(cfg: TrainConfig, info: DistInfo, on_event: EventHandler | 
         count = min(data_result.counts.val_images, cfg.val_limit or data_result.counts.val_images)
         val = ValSplit(val_json, data_result.val_images_root, count)
 
+    if info.device.type == "cpu" and cfg.use_lean_host_memory and map_large_blocks():
+        emit(log_event("lean_host_memory: freed blocks of 128 KiB and more go back to the OS at once"))
     model = build_model_for(cfg, info.device, emit)
     torch.manual_seed(cfg.seed + info.rank)  # per-rank stream for dropout and the like
     amp = resolve_amp(cfg.amp, info.device)

@@ -193,7 +193,7 @@ def forward_backward(c: Components, micro_batches: list[Batch]) -> tuple[torch.T
         sync = contextlib.nullcontext() if last or c.ddp is c.model else c.ddp.no_sync()
         with sync:
             denoising = make_denoising_queries(batch.target_boxes, batch.num_boxes, c.denoising)
-            with autocast(device, c.amp):
+            with autocast(device, c.amp, cache_weights=False):
                 outputs = c.ddp(batch, None if denoising is None else denoising.anchors)
             losses = c.criterion(outputs, batch.target_boxes, batch.num_boxes, denoising)
             loss = losses["loss"] / len(micro_batches)

@@ -1,4 +1,5 @@
-"""Named training recipes: config fields that go together, shared by the demo and the benchmarks."""
+"""Named training recipes: config fields that go together, for `sam3lite train --recipe`, the demo and the
+benchmarks."""
 
 import os
 
@@ -74,3 +75,43 @@ def cpu_from_scratch(processes: int = CPU_FROM_SCRATCH_PROCESSES) -> dict:
     # Several processes load their own images: a loader worker would take a core from a training process.
     workers = 1 if processes == 1 else 0
     return {**_CPU_FROM_SCRATCH, "train_batch_size": batch, "val_batch_size": batch, "num_train_workers": workers}
+
+
+# Fine-tuning the released sam3.pt at 1008 px on one 16 GB GPU (README "Fine-tuning SAM3 on one 16 GB GPU";
+# bench/bench_train_memory.py measures it). What trains is what upstream's roboflow fine-tune trains but the text
+# encoder: frozen, its features cached per class and its 1.3 GiB of weights read back from sam3.pt only to encode
+# a new prompt or to save a checkpoint, so it also needs no gradients (1.3 GiB) and no AdamW state (2.6 GiB).
+SAM3_16GB_GPU = {
+    "preset": "sam3",
+    "resolution": 1008,
+    "train_batch_size": 1,
+    "val_batch_size": 1,
+    "gradient_accumulation_steps": 2,  # upstream's step: 1 image on each of 2 GPUs
+    "freeze_language_backbone": True,
+    "activation_checkpointing": True,  # only each block's input is kept; blocks run again in backward
+    "amp": "auto",  # bf16 where the GPU computes it (A100, L4, RTX 30xx and later), fp16 on a T4 or V100
+    "ema": False,  # an average is one more fp32 copy of what trains (1.8 GiB)
+}
+
+
+def sam3_16gb_gpu() -> dict:
+    """The one-16-GB-GPU fine-tune's config fields; the run also needs `init_checkpoint` (the released sam3.pt)."""
+    return dict(SAM3_16GB_GPU)
+
+
+# `sam3lite train --recipe NAME`: a recipe's fields, under the config file's and --set's.
+RECIPES = {"cpu-from-scratch": cpu_from_scratch, "sam3-16gb-gpu": sam3_16gb_gpu}
+# What a recipe cannot choose for the user, and why it needs it.
+RECIPE_NEEDS = {"sam3-16gb-gpu": {"init_checkpoint": "the released sam3.pt it fine-tunes"}}
+
+
+def recipe_fields(name: str) -> dict:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; the recipes are {', '.join(RECIPES)}")
+    return RECIPES[name]()
+
+
+def missing_for_recipe(name: str, fields: dict) -> list[str]:
+    """The fields `name` needs that `fields` (a config's set values) leaves unset, with what each is for."""
+    needs = RECIPE_NEEDS.get(name, {})
+    return [f"{key} ({why}): --set {key}=PATH" for key, why in needs.items() if not fields.get(key)]
