@@ -212,3 +212,12 @@ def test_a_recipe_is_the_base_the_config_and_set_override(capsys, tmp_path):
     assert "invalid choice: 'sam3-on-a-toaster'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_fields("sam3-on-a-toaster")
+
+
+def test_a_recipe_reaches_every_torchrun_process(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: launched.append(argv))
+    argv = ["train", "--recipe", "cpu-from-scratch", "--dataset", str(tmp_path), "--nproc-per-node", "2"]
+    assert cli.main(argv) == 0
+    (command,) = launched
+    assert command[command.index("--recipe") + 1] == "cpu-from-scratch" and "sam3lite_core.train" in command

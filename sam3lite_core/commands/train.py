@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def _relaunch(cfg: TrainConfig, args: argparse.Namespace) -> int:
     pick_device(cfg.device, args.nproc_per_node - 1)  # more processes than GPUs: refused before any starts
     target = ["-m", "sam3lite_core.train"]
-    for flag, value in (("--config", args.config), ("--dataset", args.dataset)):
+    for flag, value in (("--recipe", args.recipe), ("--config", args.config), ("--dataset", args.dataset)):
         if value:
             target += [flag, value]
     target += [item for override in args.overrides for item in ("--set", override)]
