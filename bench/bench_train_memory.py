@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,13 +80,17 @@ def peak_gib(device: str = "cpu") -> float:
     """Peak since start or the last `reset_peak`: CUDA memory allocated, or this process's resident set."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / GIB
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024 / GIB
+    return status_gib("VmHWM")
 
 
 def current_gib() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024 / GIB
+    return status_gib("VmRSS")
+
+
+def status_gib(field: str, pid: str = "self") -> float:
+    """A kB field of /proc/<pid>/status (Linux), in GiB."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in lines if line.startswith(field + ":"))) * 1024 / GIB
 
 
 def reset_peak(device: str = "cpu") -> None:
@@ -284,11 +289,9 @@ def watch_phases(c, device: str) -> dict[str, list[float]]:
 
 def watch(process: subprocess.Popen, cap_gib: float, over: list[float]) -> None:
     """Poll the child's resident set; stop it past the cap."""
-    status = Path(f"/proc/{process.pid}/status")
     while process.poll() is None:
         try:
-            lines = status.read_text().splitlines()
-            rss = int(next(line.split()[1] for line in lines if line.startswith("VmRSS"))) / 2**20
+            rss = status_gib("VmRSS", str(process.pid))
         except (OSError, StopIteration):
             break
         if rss > cap_gib:
@@ -361,19 +364,49 @@ def parent(args: argparse.Namespace) -> None:
             print("RESULT " + json.dumps(line), flush=True)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before anything is written or built: a bad value exits 2 with its fix."""
+    from sam3lite_core.model.config import PRESETS
+    from sam3lite_core.train.config import ConfigError, TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", action="append", choices=SETTINGS, help="run only these (repeatable)")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=positive(int), default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--cap-gib", type=float, default=20.0, help="stop a child whose resident set passes this")
+    parser.add_argument("--cap-gib", type=positive(float), default=20.0, help="stop a child past this resident set")
     parser.add_argument("--no-vendor", action="store_true", help="skip the vendor's steps (the baselines)")
-    parser.add_argument("--preset", default="sam3")
+    parser.add_argument("--preset", default="sam3", choices=PRESETS)
     parser.add_argument("--resolution", type=int, default=1008)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for hidden in ("--out", "--weights", "--dataset", "--runs"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        TrainConfig.parse({"preset": args.preset, "resolution": args.resolution}, "--resolution")
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this machine has no CUDA device; run on a GPU host or drop --device")
+    return args
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
+def main() -> None:
+    args = parse_args()
     if args.child is None:
         parent(args)
         return

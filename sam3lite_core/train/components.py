@@ -121,17 +121,18 @@ def build_model_for(cfg: TrainConfig, device: torch.device, emit: Callable[[Even
     """The model at the configured preset and resolution, initial weights loaded, freezing and activation
     checkpointing applied, in training mode."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    report = None
+    loaded: set[str] = set()  # the weights that came from init_checkpoint
     if cfg.init_checkpoint:
         # Memory-mapped and assigned: a full checkpoint becomes the weights without a second copy in memory.
         raw = read_checkpoint(cfg.init_checkpoint, mmap=True)
         model, report = build_loaded(detector_config(cfg), raw, device, source=cfg.init_checkpoint)
         emit(log_event(f"init_checkpoint: {report.summary()}"))
+        loaded = set(report.loaded)
     else:
         model = build_model(detector_config(cfg), device=device)
     if cfg.freeze_language_backbone:
         model.freeze_text_encoder(True)
-        if report is not None and all(k in report.loaded for k in model.state_dict() if k.startswith(TEXT_PREFIX)):
+        if all(k in loaded for k in model.state_dict() if k.startswith(TEXT_PREFIX)):
             # Frozen and all from the init file: read back from there when needed rather than kept (1.3 GiB).
             model.release_text_encoder(released_reader(cfg.init_checkpoint, TEXT_PREFIX))
     if cfg.freeze_vision_trunk:
